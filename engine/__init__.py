@@ -1,0 +1,3 @@
+"""hotloop: an async-first orchestration engine for research training loops of language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,79 @@
+"""structlog, configured once for the whole process.
+
+Every hotloop module logs through ``engine.log.get_logger``. ``configure`` is idempotent; the CLI
+calls it with the user's choice of renderer, a library user may call it or configure structlog
+themselves. A redaction processor runs before rendering so secrets never reach a sink.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = re.compile(r"(api[_-]?key|token|secret|password|authorization|bearer)", re.IGNORECASE)
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._\-]+", re.IGNORECASE)
+_KEYISH = re.compile(r"\b(tml-|fw_|sk-|hl-)[A-Za-z0-9._\-]{6,}")
+REDACTED = "***"
+
+_configured = False
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _KEYISH.sub(lambda m: m.group(1) + REDACTED, _BEARER.sub(r"\1" + REDACTED, value))
+    if isinstance(value, dict):
+        return {k: (REDACTED if _SECRET_KEYS.search(str(k)) else _redact_value(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redact_value(v) for v in value)
+    return value
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: blank values of secret-looking keys and key-shaped substrings."""
+    for key in list(event_dict):
+        if key != "event" and _SECRET_KEYS.search(key):
+            event_dict[key] = REDACTED
+        else:
+            event_dict[key] = _redact_value(event_dict[key])
+    return event_dict
+
+
+def configure(renderer: str | None = None, level: str | None = None) -> None:
+    """Configure structlog once. renderer: "console" or "json" (default from HOTLOOP_LOG_FORMAT)."""
+    global _configured
+    renderer = renderer or os.environ.get("HOTLOOP_LOG_FORMAT", "console")
+    level_name = (level or os.environ.get("HOTLOOP_LOG_LEVEL", "INFO")).upper()
+    if renderer not in ("console", "json"):
+        raise ValueError(f"HOTLOOP_LOG_FORMAT must be 'console' or 'json', got {renderer!r}")
+    final: Any = (
+        structlog.processors.JSONRenderer()
+        if renderer == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            structlog.processors.format_exc_info,
+            final,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    _configured = True
+
+
+def get_logger(name: str, **bound: Any) -> Any:
+    """A structlog logger bound to a component name."""
+    return structlog.get_logger(name).bind(component=name, **bound)

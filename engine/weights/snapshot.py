@@ -1,0 +1,366 @@
+"""The sampler snapshot format shared by the embedded trainer (writer) and deployment (reader).
+
+A bucket is a directory; each snapshot is ``BUCKET/<identity>/`` holding ``manifest.json`` and one
+payload file:
+
+* ``base``  -> ``weights.safetensors``: the full state dict (LoRA weights already merged).
+* ``delta`` -> ``delta.zst``: the child's bits against the parent snapshot's, byte-plane shuffled
+  (so mostly-zero high bytes sit together) and zstd-compressed. Applying it to the parent
+  reproduces the child bit for bit; ``weights_sha256`` in the manifest proves it. Two encodings:
+
+  - ``xor``: child bits XOR parent bits. Simple, but after a small fp32 update the low ~13
+    mantissa bits of every changed weight flip at random, so it only compresses to about 0.48 of
+    the base (measured on ``small`` after one AdamW step at lr 1e-5).
+  - ``sub-xor`` (default): the float difference ``d = child - parent`` (exactly representable for
+    nearby values, Sterbenz) plus the XOR residual ``child XOR (parent + d)``, which is zero except
+    for the rare element where the difference rounded (~0.03%). Measured about 0.20 of the base,
+    still bit-exact for every element.
+
+The manifest records identity, kind, parent identity, per-tensor dtype and shape, payload size and
+sha256, and the sha256 of the full weights the snapshot stands for. Writers stage into a temporary
+directory and rename it into place, so a reader never sees a half-written snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import zstandard
+from safetensors.torch import load_file, save_file
+
+FORMAT = "hotloop-snapshot/1"
+MANIFEST = "manifest.json"
+BASE_FILE = "weights.safetensors"
+DELTA_FILE = "delta.zst"
+SnapshotKind = Literal["base", "delta"]
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+class SnapshotError(ValueError):
+    """A snapshot that is missing, malformed, corrupt, or does not fit its parent."""
+
+
+def check_name(name: str) -> str:
+    """Snapshot identities become directory names: letters, digits, '.', '_' and '-' only."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
+        raise SnapshotError(
+            f"invalid snapshot name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    identity: str
+    kind: SnapshotKind
+    parent: str | None
+    base_model: str
+    tensors: dict[str, TensorInfo]
+    payload: str
+    payload_size: int
+    payload_sha256: str
+    weights_sha256: str
+    encoding: str = "none"  # "none" for base; "xor" or "sub-xor" for deltas
+    created_at: float = field(default_factory=time.time)
+    encode_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "identity": self.identity,
+            "kind": self.kind,
+            "parent": self.parent,
+            "base_model": self.base_model,
+            "tensors": {k: {"dtype": v.dtype, "shape": list(v.shape)} for k, v in self.tensors.items()},
+            "payload": self.payload,
+            "payload_size": self.payload_size,
+            "payload_sha256": self.payload_sha256,
+            "weights_sha256": self.weights_sha256,
+            "encoding": self.encoding,
+            "created_at": self.created_at,
+            "encode_seconds": self.encode_seconds,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Manifest:
+        if data.get("format") != FORMAT:
+            raise SnapshotError(f"unsupported snapshot format {data.get('format')!r}, expected {FORMAT}")
+        try:
+            return cls(
+                identity=data["identity"],
+                kind=data["kind"],
+                parent=data["parent"],
+                base_model=data["base_model"],
+                tensors={k: TensorInfo(v["dtype"], tuple(v["shape"])) for k, v in data["tensors"].items()},
+                payload=data["payload"],
+                payload_size=int(data["payload_size"]),
+                payload_sha256=data["payload_sha256"],
+                weights_sha256=data["weights_sha256"],
+                encoding=str(data.get("encoding", "none")),
+                created_at=float(data.get("created_at", 0.0)),
+                encode_seconds=float(data.get("encode_seconds", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"malformed snapshot manifest: {exc!r}") from exc
+
+
+def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over (name, dtype, shape, bytes) in name order: the identity of a set of weights."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(_bytes(t))
+    return h.hexdigest()
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.view(_INT_VIEW[t.element_size()]).numpy().tobytes()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tensor_infos(state: Mapping[str, torch.Tensor]) -> dict[str, TensorInfo]:
+    return {
+        k: TensorInfo(str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in sorted(state.items())
+    }
+
+
+def _shuffle(raw: np.ndarray, itemsize: int) -> np.ndarray:
+    """Byte-plane shuffle: all first bytes, then all second bytes, ... (as blosc's SHUFFLE)."""
+    return raw.reshape(-1, itemsize).T.copy().reshape(-1)
+
+
+def _unshuffle(raw: np.ndarray, itemsize: int) -> np.ndarray:
+    return raw.reshape(itemsize, -1).T.copy().reshape(-1)
+
+
+DeltaEncoding = Literal["xor", "sub-xor"]
+_FLOATS = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().cpu().view(_INT_VIEW[t.element_size()]).numpy().reshape(-1)
+
+
+def _delta_payload(
+    child: Mapping[str, torch.Tensor], parent: Mapping[str, torch.Tensor], encoding: DeltaEncoding
+) -> bytes:
+    """Per tensor in name order: [shuffled difference] + shuffled XOR residual (see module doc)."""
+    parts: list[bytes] = []
+    for name in sorted(child):
+        c, p = child[name], parent[name]
+        size = c.element_size()
+        if encoding == "sub-xor" and c.dtype in _FLOATS:
+            ftype = _FLOATS[c.dtype]
+            cf = c.detach().contiguous().cpu().numpy().reshape(-1).astype(ftype, copy=False)
+            pf = p.detach().contiguous().cpu().numpy().reshape(-1).astype(ftype, copy=False)
+            with np.errstate(all="ignore"):
+                d = cf - pf
+                predicted = pf + d
+            parts.append(_shuffle(d.view(np.uint8), size).tobytes())
+            residual = np.bitwise_xor(_bits(c), predicted.view(_bits(c).dtype))
+        else:
+            residual = np.bitwise_xor(_bits(c), _bits(p))
+        parts.append(_shuffle(residual.view(np.uint8), size).tobytes())
+    return b"".join(parts)
+
+
+def _commit(bucket: Path, manifest: Manifest, write_payload: Any) -> Path:
+    bucket.mkdir(parents=True, exist_ok=True)
+    target = bucket / manifest.identity
+    if target.exists():
+        raise SnapshotError(f"snapshot {manifest.identity!r} already exists in {bucket}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{manifest.identity}.", dir=bucket))
+    try:
+        write_payload(tmp / manifest.payload)
+        payload = tmp / manifest.payload
+        final = Manifest(
+            **{
+                **manifest.__dict__,
+                "payload_size": payload.stat().st_size,
+                "payload_sha256": _file_sha256(payload),
+            }
+        )
+        (tmp / MANIFEST).write_text(json.dumps(final.to_json(), indent=1))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def write_base(bucket: Path, identity: str, state: Mapping[str, torch.Tensor], base_model: str) -> Manifest:
+    """Write a full snapshot. ``state`` must be the full (merged) state dict."""
+    check_name(identity)
+    start = time.perf_counter()
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    manifest = Manifest(
+        identity=identity,
+        kind="base",
+        parent=None,
+        base_model=base_model,
+        tensors=_tensor_infos(tensors),
+        payload=BASE_FILE,
+        payload_size=0,
+        payload_sha256="",
+        weights_sha256=weights_sha256(tensors),
+    )
+    _commit(Path(bucket), manifest, lambda path: save_file(tensors, str(path)))
+    manifest = read_manifest(Path(bucket), identity)
+    return Manifest(**{**manifest.__dict__, "encode_seconds": time.perf_counter() - start})
+
+
+def write_delta(
+    bucket: Path,
+    identity: str,
+    state: Mapping[str, torch.Tensor],
+    parent_identity: str,
+    parent_state: Mapping[str, torch.Tensor],
+    base_model: str,
+    level: int = 3,
+    encoding: DeltaEncoding = "sub-xor",
+) -> Manifest:
+    """Write ``state`` as a delta against ``parent_state`` (the weights of ``parent_identity``)."""
+    check_name(identity)
+    check_name(parent_identity)
+    if _tensor_infos(state) != _tensor_infos(parent_state):
+        raise SnapshotError(f"delta {identity!r}: tensor names, dtypes or shapes differ from the parent")
+    start = time.perf_counter()
+    raw = _delta_payload(state, parent_state, encoding)
+    compressed = zstandard.ZstdCompressor(level=level, threads=-1).compress(raw)
+    manifest = Manifest(
+        identity=identity,
+        kind="delta",
+        parent=parent_identity,
+        base_model=base_model,
+        tensors=_tensor_infos(state),
+        payload=DELTA_FILE,
+        encoding=encoding,
+        payload_size=0,
+        payload_sha256="",
+        weights_sha256=weights_sha256(state),
+        encode_seconds=time.perf_counter() - start,
+    )
+    _commit(Path(bucket), manifest, lambda path: path.write_bytes(compressed))
+    return read_manifest(Path(bucket), identity)
+
+
+def read_manifest(bucket: Path, identity: str) -> Manifest:
+    path = Path(bucket) / check_name(identity) / MANIFEST
+    if not path.exists():
+        raise SnapshotError(f"snapshot {identity!r} not found in {bucket}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SnapshotError(f"snapshot {identity!r}: manifest is not valid JSON ({exc})") from exc
+    manifest = Manifest.from_json(data)
+    if manifest.identity != identity:
+        raise SnapshotError(f"snapshot directory {identity!r} holds a manifest for {manifest.identity!r}")
+    return manifest
+
+
+def _verified_payload(bucket: Path, manifest: Manifest) -> Path:
+    payload = Path(bucket) / manifest.identity / manifest.payload
+    if not payload.exists():
+        raise SnapshotError(f"snapshot {manifest.identity!r}: payload {manifest.payload} is missing")
+    digest = _file_sha256(payload)
+    if digest != manifest.payload_sha256:
+        raise SnapshotError(
+            f"snapshot {manifest.identity!r}: checksum mismatch for {manifest.payload} "
+            f"(manifest {manifest.payload_sha256[:12]}, file {digest[:12]})"
+        )
+    return payload
+
+
+def apply_delta(
+    bucket: Path, manifest: Manifest, parent_state: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The child weights: parent XOR delta, verified against the manifest's ``weights_sha256``."""
+    payload = _verified_payload(bucket, manifest)
+    raw = np.frombuffer(zstandard.ZstdDecompressor().decompress(payload.read_bytes()), dtype=np.uint8)
+    if _tensor_infos(parent_state) != manifest.tensors:
+        raise SnapshotError(f"delta {manifest.identity!r} does not fit the parent's tensor layout")
+    if manifest.encoding not in ("xor", "sub-xor"):
+        raise SnapshotError(f"delta {manifest.identity!r}: unknown encoding {manifest.encoding!r}")
+    out: dict[str, torch.Tensor] = {}
+    offset = 0
+
+    def take(nbytes: int, size: int, name: str) -> np.ndarray:
+        nonlocal offset
+        plane = raw[offset : offset + nbytes]
+        if plane.size != nbytes:
+            raise SnapshotError(f"delta {manifest.identity!r} is truncated at tensor {name!r}")
+        offset += nbytes
+        return _unshuffle(plane, size)
+
+    for name in sorted(manifest.tensors):
+        p = parent_state[name].detach().contiguous().cpu()
+        size = p.element_size()
+        nbytes = p.numel() * size
+        parent_bits = _bits(p)
+        if manifest.encoding == "sub-xor" and p.dtype in _FLOATS:
+            ftype = _FLOATS[p.dtype]
+            d = take(nbytes, size, name).view(ftype)
+            with np.errstate(all="ignore"):
+                predicted = p.numpy().reshape(-1).astype(ftype, copy=False) + d
+            base_bits = predicted.view(parent_bits.dtype)
+        else:
+            base_bits = parent_bits
+        residual = take(nbytes, size, name).view(parent_bits.dtype)
+        bits = np.bitwise_xor(base_bits, residual)
+        out[name] = torch.from_numpy(bits.copy()).view(p.dtype).reshape(p.shape)
+    if offset != raw.size:
+        raise SnapshotError(f"delta {manifest.identity!r} has {raw.size - offset} trailing bytes")
+    got = weights_sha256(out)
+    if got != manifest.weights_sha256:
+        raise SnapshotError(f"delta {manifest.identity!r}: applied weights do not match the manifest hash")
+    return out
+
+
+def load_snapshot(
+    bucket: Path, identity: str, current: tuple[str, Mapping[str, torch.Tensor]] | None = None
+) -> tuple[Manifest, dict[str, torch.Tensor]]:
+    """Load a snapshot's full weights. A delta needs ``current`` = (identity, weights) of its parent."""
+    manifest = read_manifest(bucket, identity)
+    if manifest.kind == "base":
+        payload = _verified_payload(bucket, manifest)
+        state = load_file(str(payload))
+        if weights_sha256(state) != manifest.weights_sha256:
+            raise SnapshotError(f"snapshot {identity!r}: weights do not match the manifest hash")
+        return manifest, state
+    if current is None or current[0] != manifest.parent:
+        held = current[0] if current else None
+        raise SnapshotError(
+            f"delta {identity!r} needs parent {manifest.parent!r} but the weights held are {held!r}"
+        )
+    return manifest, apply_delta(bucket, manifest, current[1])

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.weights import snapshot as snap
+
+
+def _state(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "a.weight": torch.randn(64, 32, generator=g) * 0.02,
+        "b.bias": torch.randn(32, generator=g),
+        "c.half": (torch.randn(16, generator=g)).to(torch.bfloat16),
+        "d.count": torch.arange(5, dtype=torch.int64),
+    }
+
+
+def _step(state: dict[str, torch.Tensor], lr: float, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in state.items():
+        if v.is_floating_point():
+            out[k] = (v.float() + lr * torch.randn(v.shape, generator=g).sign()).to(v.dtype)
+        else:
+            out[k] = v + 1
+    return out
+
+
+@pytest.mark.parametrize("encoding", ["xor", "sub-xor"])
+def test_delta_chain_reproduces_children_bit_for_bit(tmp_path: Path, encoding: str) -> None:
+    s0 = _state(0)
+    s1 = _step(s0, 1e-3, 1)
+    s2 = _step(s1, 1e-3, 2)
+    snap.write_base(tmp_path, "step-0", s0, "tiny")
+    snap.write_delta(tmp_path, "step-1", s1, "step-0", s0, "tiny", encoding=encoding)  # type: ignore[arg-type]
+    snap.write_delta(tmp_path, "step-2", s2, "step-1", s1, "tiny", encoding=encoding)  # type: ignore[arg-type]
+    _, got0 = snap.load_snapshot(tmp_path, "step-0")
+    m1, got1 = snap.load_snapshot(tmp_path, "step-1", ("step-0", got0))
+    m2, got2 = snap.load_snapshot(tmp_path, "step-2", ("step-1", got1))
+    assert m1.parent == "step-0" and m2.kind == "delta" and m2.encoding == encoding
+    for k in s2:
+        assert torch.equal(got2[k].view(torch.uint8), s2[k].contiguous().view(torch.uint8)), k
+
+
+def test_delta_needs_its_parent(tmp_path: Path) -> None:
+    s0, s1 = _state(0), _state(1)
+    snap.write_base(tmp_path, "p", s0, "tiny")
+    snap.write_delta(tmp_path, "c", s1, "p", s0, "tiny")
+    with pytest.raises(snap.SnapshotError, match="needs parent 'p'"):
+        snap.load_snapshot(tmp_path, "c", ("other", s0))
+
+
+def test_corrupt_payload_is_detected(tmp_path: Path) -> None:
+    snap.write_base(tmp_path, "p", _state(0), "tiny")
+    payload = tmp_path / "p" / snap.BASE_FILE
+    data = bytearray(payload.read_bytes())
+    data[-1] ^= 0xFF
+    payload.write_bytes(bytes(data))
+    with pytest.raises(snap.SnapshotError, match="checksum mismatch"):
+        snap.load_snapshot(tmp_path, "p")
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "x" * 200, "a..b"])
+def test_unsafe_names_are_rejected(tmp_path: Path, name: str) -> None:
+    with pytest.raises(snap.SnapshotError, match="invalid snapshot name"):
+        snap.write_base(tmp_path, name, _state(0), "tiny")
+
+
+def test_existing_snapshot_is_never_overwritten(tmp_path: Path) -> None:
+    snap.write_base(tmp_path, "p", _state(0), "tiny")
+    with pytest.raises(snap.SnapshotError, match="already exists"):
+        snap.write_base(tmp_path, "p", _state(1), "tiny")
+    _, got = snap.load_snapshot(tmp_path, "p")
+    assert torch.equal(got["a.weight"], _state(0)["a.weight"])
