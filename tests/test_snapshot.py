@@ -75,3 +75,16 @@ def test_existing_snapshot_is_never_overwritten(tmp_path: Path) -> None:
         snap.write_base(tmp_path, "p", _state(1), "tiny")
     _, got = snap.load_snapshot(tmp_path, "p")
     assert torch.equal(got["a.weight"], _state(0)["a.weight"])
+
+
+def test_materialize_walks_the_chain(tmp_path: Path) -> None:
+    s0 = _state(0)
+    s1 = _step(s0, 1e-3, 1)
+    s2 = _step(s1, 1e-3, 2)
+    snap.write_base(tmp_path, "b", s0, "tiny")
+    snap.write_delta(tmp_path, "d1", s1, "b", s0, "tiny")
+    snap.write_delta(tmp_path, "d2", s2, "d1", s1, "tiny")
+    assert [m.identity for m in snap.chain(tmp_path, "d2")] == ["b", "d1", "d2"]
+    manifest, got = snap.materialize(tmp_path, "d2")
+    assert manifest.identity == "d2"
+    assert all(torch.equal(got[k], s2[k]) for k in s2)

@@ -364,3 +364,27 @@ def load_snapshot(
             f"delta {identity!r} needs parent {manifest.parent!r} but the weights held are {held!r}"
         )
     return manifest, apply_delta(bucket, manifest, current[1])
+
+
+def chain(bucket: Path, identity: str, max_length: int = 1024) -> list[Manifest]:
+    """The manifests from the nearest base up to ``identity`` (base first)."""
+    out: list[Manifest] = []
+    current: str | None = identity
+    while current is not None:
+        if len(out) >= max_length:
+            raise SnapshotError(f"snapshot chain of {identity!r} is longer than {max_length}")
+        manifest = read_manifest(bucket, current)
+        out.append(manifest)
+        current = manifest.parent if manifest.kind == "delta" else None
+    return out[::-1]
+
+
+def materialize(bucket: Path, identity: str) -> tuple[Manifest, dict[str, torch.Tensor]]:
+    """Full weights of any snapshot, applying its delta chain from the nearest base."""
+    held: tuple[str, Mapping[str, torch.Tensor]] | None = None
+    manifest: Manifest | None = None
+    for link in chain(bucket, identity):
+        manifest, state = load_snapshot(bucket, link.identity, held)
+        held = (link.identity, state)
+    assert manifest is not None and held is not None
+    return manifest, dict(held[1])
