@@ -1,0 +1,207 @@
+"""The Runner: journals entries and exits, checks transitions, bounds states, publishes events."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from engine.errors import StuckError
+from engine.journal import Journal, read_journal
+from engine.lifecycle import (
+    Counters,
+    EventBus,
+    FaultPlan,
+    IllegalTransition,
+    LifecycleContext,
+    LifecycleEvent,
+    RunFailed,
+    Runner,
+    Schedule,
+    State,
+    StateLimits,
+)
+
+S = State
+
+
+def schedule_handlers(sched: Schedule) -> dict[State, object]:
+    """Handlers that do each state's bookkeeping and ask the Schedule for the successor."""
+
+    async def requesting(ctx: LifecycleContext) -> State:
+        return S.WAITING
+
+    async def waiting(ctx: LifecycleContext) -> State:
+        return sched.next(ctx.counters)
+
+    async def sampling(ctx: LifecycleContext) -> State:
+        await asyncio.sleep(0)
+        ctx.beat("rollouts done")
+        ctx.counters = ctx.counters.replace(rollout_step=ctx.counters.step + 1)
+        return sched.next(ctx.counters)
+
+    async def training(ctx: LifecycleContext) -> State:
+        ctx.counters = ctx.counters.replace(step=ctx.counters.step + 1)
+        ctx.record("step", step=ctx.counters.step)
+        return sched.next(ctx.counters)
+
+    async def checkpointing(ctx: LifecycleContext) -> State:
+        c = ctx.counters
+        if sched.state_due(c):
+            c = c.replace(state_step=c.step)
+        if sched.sync_due(c):
+            c = c.replace(snapshot_step=c.step)
+        ctx.counters = c
+        return sched.next(c)
+
+    async def syncing(ctx: LifecycleContext) -> State:
+        ctx.counters = ctx.counters.replace(synced_step=ctx.counters.snapshot_step)
+        return sched.next(ctx.counters)
+
+    async def evaluating(ctx: LifecycleContext) -> State:
+        ctx.counters = ctx.counters.replace(evaluated_step=ctx.counters.step)
+        ctx.record("eval", step=ctx.counters.step, score=0.5)
+        return sched.next(ctx.counters)
+
+    return {
+        S.REQUESTING: requesting, S.WAITING: waiting, S.SAMPLING: sampling, S.TRAINING: training,
+        S.CHECKPOINTING: checkpointing, S.SYNCING: syncing, S.EVALUATING: evaluating,
+    }  # fmt: skip
+
+
+async def test_full_run_journaled_and_observed(tmp_path: Path) -> None:
+    sched = Schedule(max_steps=3, sync_every=1, eval_every=2, checkpoint_every=1)
+    seen: list[LifecycleEvent] = []
+    bus = EventBus()
+    bus.add_callback(seen.append)
+    committed: list[dict] = []
+
+    async def after_exit(state: State, records: list[dict]) -> None:
+        committed.extend(records)
+
+    with Journal(tmp_path / "journal.jsonl") as journal:
+        runner = Runner(schedule_handlers(sched), journal, events=bus, run_id="r1", after_exit=after_exit)
+        ctx = LifecycleContext()
+
+        async def consume() -> list[LifecycleEvent]:
+            return [e async for e in bus.subscribe()]
+
+        consumer = asyncio.create_task(consume())
+        await asyncio.sleep(0)
+        assert await runner.run(ctx, S.REQUESTING) is S.DONE
+        streamed = await consumer
+    records = read_journal(tmp_path / "journal.jsonl")
+    enters = [r["state"] for r in records if r["event"] == "enter"]
+    exits = [r for r in records if r["event"] == "exit"]
+    assert enters[:3] == ["requesting", "waiting", "evaluating"]
+    assert len(enters) == len(exits)
+    assert all(e["next"] != "failed" for e in exits)
+    assert records[-1]["event"] == "done" and records[-1]["step"] == 3
+    training_exits = [e for e in exits if e["state"] == "training"]
+    assert [e["records"] for e in training_exits] == [[{"kind": "step", "step": n}] for n in (1, 2, 3)]
+    assert training_exits[0]["changes"] == {"step": 1}
+    assert [r["step"] for r in committed if r["kind"] == "eval"] == [0, 2, 3]
+    assert streamed == seen and seen[-1].kind == "done"
+    assert [e.state for e in seen if e.kind == "enter"] == [State(s) for s in enters]
+    assert ctx.counters == Counters(3, 3, 3, 3, 3, 3)
+
+
+async def test_illegal_transition_fails_the_run_after_journaling(tmp_path: Path) -> None:
+    async def bad(ctx: LifecycleContext) -> State:
+        return S.EVALUATING  # REQUESTING -> EVALUATING is not in the table
+
+    with Journal(tmp_path / "j.jsonl") as journal:
+        runner: Runner[LifecycleContext] = Runner({S.REQUESTING: bad}, journal)
+        with pytest.raises(RunFailed) as info:
+            await runner.run(LifecycleContext(), S.REQUESTING)
+    assert isinstance(info.value.__cause__, IllegalTransition)
+    assert "REQUESTING -> EVALUATING" in str(info.value)
+    last = read_journal(tmp_path / "j.jsonl")[-1]
+    assert last["event"] == "exit" and last["next"] == "failed" and "IllegalTransition" in last["error"]
+
+
+async def test_stuck_state_fails_saying_where(tmp_path: Path) -> None:
+    async def hangs(ctx: LifecycleContext) -> State:
+        ctx.beat("waiting for the trainer job")
+        await asyncio.Event().wait()
+        return S.WAITING
+
+    bus = EventBus()
+    with Journal(tmp_path / "j.jsonl") as journal:
+        runner: Runner[LifecycleContext] = Runner(
+            {S.REQUESTING: hangs}, journal, events=bus, default_limits=StateLimits(timeout_s=5, stall_s=0.05)
+        )
+        with pytest.raises(RunFailed) as info:
+            await runner.run(LifecycleContext(), S.REQUESTING)
+    cause = info.value.__cause__
+    assert isinstance(cause, StuckError)
+    assert "REQUESTING" in str(cause) and "waiting for the trainer job" in str(cause)
+    assert bus.last is not None and bus.last.kind == "failed"
+
+
+async def test_progress_extends_the_deadline_but_not_past_the_hard_limit(tmp_path: Path) -> None:
+    async def slow_but_alive(ctx: LifecycleContext) -> State:
+        for i in range(8):
+            await asyncio.sleep(0.02)
+            ctx.beat(f"chunk {i}")
+        return S.WAITING
+
+    async def forever_alive(ctx: LifecycleContext) -> State:
+        while True:
+            await asyncio.sleep(0.01)
+            ctx.beat("still beating")
+
+    limits = StateLimits(timeout_s=0.3, stall_s=0.05)
+    with Journal(tmp_path / "j.jsonl") as journal:
+        ok: Runner[LifecycleContext] = Runner(
+            {S.REQUESTING: slow_but_alive, S.WAITING: lambda ctx: _done()}, journal, default_limits=limits
+        )
+        assert await ok.run(LifecycleContext(), S.REQUESTING) is S.DONE
+        capped: Runner[LifecycleContext] = Runner(
+            {S.REQUESTING: forever_alive}, journal, default_limits=limits
+        )
+        with pytest.raises(RunFailed, match="limit"):
+            await capped.run(LifecycleContext(), S.REQUESTING)
+
+
+async def _done() -> State:
+    return S.DONE
+
+
+async def test_an_error_inside_a_state_is_not_mistaken_for_a_stall(tmp_path: Path) -> None:
+    async def raises_timeout(ctx: LifecycleContext) -> State:
+        raise TimeoutError("upstream read timed out")
+
+    with Journal(tmp_path / "j.jsonl") as journal:
+        runner: Runner[LifecycleContext] = Runner({S.REQUESTING: raises_timeout}, journal)
+        with pytest.raises(RunFailed) as info:
+            await runner.run(LifecycleContext(), S.REQUESTING)
+    assert isinstance(info.value.__cause__, TimeoutError)
+    assert not isinstance(info.value.__cause__, StuckError)
+
+
+async def test_cancellation_is_journaled(tmp_path: Path) -> None:
+    entered = asyncio.Event()
+
+    async def blocks(ctx: LifecycleContext) -> State:
+        entered.set()
+        await asyncio.sleep(3600)
+        return S.WAITING
+
+    with Journal(tmp_path / "j.jsonl") as journal:
+        runner: Runner[LifecycleContext] = Runner({S.REQUESTING: blocks}, journal)
+        task = asyncio.create_task(runner.run(LifecycleContext(), S.REQUESTING))
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert [r["event"] for r in read_journal(tmp_path / "j.jsonl")] == ["enter", "cancelled"]
+
+
+def test_fault_plan_parsing() -> None:
+    assert FaultPlan.from_env("") is None
+    assert FaultPlan.from_env("kill:training@2") == FaultPlan(S.TRAINING, 2, "exit")
+    assert FaultPlan.from_env("kill:SYNCING:enter") == FaultPlan(S.SYNCING, None, "enter")
+    with pytest.raises(ValueError, match="HOTLOOP_FAULT"):
+        FaultPlan.from_env("kill:nowhere")
