@@ -1,0 +1,225 @@
+"""aiohttp routes of the Tinker wire protocol (paths under /api/v1), plus hotloop's extensions.
+
+Errors: a bad request is a 4xx with ``{"detail": message}`` (the client raises it at once), found
+while executing it is a future result ``{"error", "category"}``. Retried POSTs carrying the same
+``X-Idempotency-Key`` get the first answer back instead of a duplicate submission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import zstandard
+from aiohttp import web
+
+from engine.local.trainer.config import RequestError
+from engine.local.trainer.service import TrainerService
+from engine.log import get_logger
+
+log = get_logger("trainer.app")
+SERVICE: web.AppKey[TrainerService] = web.AppKey("service", TrainerService)
+PROTO = "application/x-protobuf"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"detail": message}, status=status)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RequestError as exc:
+        log.info("bad_request", path=request.path, status=exc.status, error=str(exc))
+        return _error(exc.status, str(exc))
+    except web.HTTPRequestEntityTooLarge as exc:
+        limit = request.app[SERVICE].config.max_body_bytes
+        return _error(413, f"request body too large: the limit is {limit} bytes ({exc.text})")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return _error(exc.status, exc.text or exc.reason)
+        raise
+    except Exception as exc:  # a bug must not take the server down; the client retries 5xx
+        log.exception("handler_failed", path=request.path)
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def auth(api_key: str | None) -> Any:
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if api_key and request.path.startswith("/api/v1/") and request.path != "/api/v1/healthz":
+            given = request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix(
+                "Bearer "
+            )
+            if given != api_key:
+                return _error(401, "missing or wrong X-API-Key")
+        return await handler(request)
+
+    return check
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise RequestError("request body must be a JSON object")
+    return body
+
+
+class Idempotency:
+    """Answers of recent POSTs by X-Idempotency-Key (the client reuses the key across retries)."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._capacity = capacity
+
+    def get(self, request: web.Request) -> dict[str, Any] | None:
+        key = request.headers.get("X-Idempotency-Key")
+        return self._seen.get(f"{request.path}|{key}") if key else None
+
+    def put(self, request: web.Request, answer: dict[str, Any]) -> None:
+        key = request.headers.get("X-Idempotency-Key")
+        if key:
+            self._seen[f"{request.path}|{key}"] = answer
+            while len(self._seen) > self._capacity:
+                self._seen.popitem(last=False)
+
+
+def build_app(service: TrainerService) -> web.Application:
+    app = web.Application(
+        client_max_size=service.config.max_body_bytes, middlewares=[errors, auth(service.config.api_key)]
+    )
+    app[SERVICE] = service
+    idem = Idempotency()
+    svc = service
+
+    def work(fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            if (seen := idem.get(request)) is not None:
+                return web.json_response(seen)
+            answer = fn(await _json(request))
+            idem.put(request, answer)
+            return web.json_response(answer)
+
+        return handler
+
+    async def forward_backward(request: web.Request) -> web.Response:
+        if (seen := idem.get(request)) is not None:
+            return web.json_response(seen)
+        body = await request.read()
+        if request.headers.get("Content-Encoding", "").lower() == "zstd":
+            try:
+                body = zstandard.ZstdDecompressor().decompress(
+                    body, max_output_size=svc.config.max_body_bytes * 4
+                )
+            except zstandard.ZstdError as exc:
+                raise RequestError(f"zstd body could not be decompressed: {exc}") from exc
+        answer = svc.forward_backward(body)
+        idem.put(request, answer)
+        return web.json_response(answer)
+
+    async def retrieve_future(request: web.Request) -> web.Response:
+        body = await _json(request)
+        rid = body.get("request_id")
+        if not isinstance(rid, str):
+            raise RequestError("request_id is required")
+        outcome = await svc.store.wait(rid, svc.config.poll_timeout_s)
+        if outcome is None:
+            return web.json_response({"type": "try_again", "request_id": rid, "queue_state": "active"})
+        if outcome.proto is not None:
+            return web.Response(body=outcome.proto, content_type=PROTO)
+        return web.json_response(outcome.json)
+
+    async def create_sampling_session(request: web.Request) -> web.Response:
+        if (seen := idem.get(request)) is not None:
+            return web.json_response(seen)
+        answer = await svc.sampler.create_session(await _json(request))
+        idem.put(request, answer)
+        return web.json_response(answer)
+
+    async def finish(request: web.Request) -> web.Response:
+        return web.json_response(svc.finish(request.match_info["session_id"], await _json(request)))
+
+    async def static(request: web.Request) -> web.Response:
+        path = request.path.removeprefix("/api/v1/")
+        if path == "healthz":
+            return web.json_response({"status": "ok"})
+        if path == "get_server_capabilities":
+            return web.json_response(
+                {
+                    "supported_models": [
+                        {
+                            "model_name": svc.config.model,
+                            "max_context_length": svc.max_length,
+                            "trainable": True,
+                            "sampleable": True,
+                        }
+                    ]
+                }
+            )
+        if path == "client/config":
+            # Stay on the client's simple paths: no JWT exchange, no session pollers, no joins.
+            return web.json_response(
+                {
+                    "pjwt_auth_enabled": False,
+                    "use_pyqwest_transport": False,
+                    "proto_compress_fwdbwd": False,
+                    "sample_use_retrieve_futures": False,
+                    "sample_join_sampling_session": False,
+                    "custom_loss_server_side": False,
+                    "parallel_fwdbwd_chunks": True,
+                }
+            )
+        return web.json_response({"status": "accepted"})  # telemetry
+
+    async def get_sampler(request: web.Request) -> web.Response:
+        return web.json_response(svc.sampler.get(request.match_info["sampler_id"]))
+
+    async def hotloop_model(request: web.Request) -> web.Response:
+        return web.json_response(svc.hotloop_model(request.match_info["model_id"]))
+
+    async def sweeper(app: web.Application) -> Any:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(30)
+                svc.store.sweep(time.monotonic())
+
+        task = asyncio.get_running_loop().create_task(loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await svc.close()
+
+    r = app.router
+    r.add_post("/api/v1/client/config", static)
+    r.add_post("/api/v1/telemetry", static)
+    r.add_get("/api/v1/healthz", static)
+    r.add_get("/api/v1/get_server_capabilities", static)
+    r.add_post("/api/v1/create_session", work(svc.create_session))
+    r.add_post("/api/v1/session_heartbeat", work(svc.heartbeat))
+    r.add_post("/api/v1/sessions/{session_id}/finish", finish)
+    r.add_post("/api/v1/create_model", work(svc.create_model))
+    r.add_post("/api/v1/get_info", work(svc.get_info))
+    r.add_post("/api/v1/forward_backward", forward_backward)
+    r.add_post("/api/v1/optim_step", work(svc.optim_step))
+    r.add_post("/api/v1/save_weights", work(svc.save_weights))
+    r.add_post("/api/v1/load_weights", work(svc.load_weights))
+    r.add_post("/api/v1/save_weights_for_sampler", work(svc.save_weights_for_sampler))
+    r.add_post("/api/v1/create_sampling_session", create_sampling_session)
+    r.add_get("/api/v1/samplers/{sampler_id}", get_sampler)
+    r.add_post("/api/v1/asample", work(svc.sampler.asample))
+    r.add_post("/api/v1/retrieve_future", retrieve_future)
+    r.add_get("/api/v1/hotloop/models/{model_id}", hotloop_model)
+    app.cleanup_ctx.append(sweeper)
+    return app

@@ -1,0 +1,69 @@
+"""``hotloop serve trainer``: run the embedded trainer until SIGINT/SIGTERM.
+
+Prints exactly one stdout line once listening, ``HOTLOOP_TRAINER_URL=http://HOST:PORT`` (the
+control plane parses it); logs go to stderr. Exits 0 on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--model", default="tiny", help="embedded model name (tiny, small) or a HF model dir")
+    parser.add_argument("--bucket", type=Path, required=True, help="directory for sampler snapshots")
+    parser.add_argument(
+        "--state-dir", type=Path, default=None, help="save_state checkpoints (default: <bucket>/../state)"
+    )
+    parser.add_argument("--api-key", default=None, help="require this X-API-Key (default: accept any)")
+    parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body (413 beyond)")
+    parser.add_argument(
+        "--seq-gap-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a request ahead of a missing seq_id is held before failing",
+    )
+    parser.add_argument("--poll-timeout", type=float, default=25.0, help="retrieve_future long-poll seconds")
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from engine.local.trainer.config import TrainerConfig
+    from engine.local.trainer.server import TrainerServer
+
+    config = TrainerConfig(
+        model=args.model,
+        bucket=args.bucket.resolve(),
+        state_dir=args.state_dir.resolve() if args.state_dir else None,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        seq_gap_timeout_s=args.seq_gap_timeout,
+        poll_timeout_s=args.poll_timeout,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = TrainerServer(config)
+    url = await server.start()
+    print(f"HOTLOOP_TRAINER_URL={url}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_serve(args))
+    except OSError as exc:  # e.g. the port is taken
+        print(f"hotloop serve trainer: {exc}", file=sys.stderr)
+        return 1

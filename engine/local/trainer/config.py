@@ -1,0 +1,52 @@
+"""Settings of one trainer process, and the request-level error types its handlers map to HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    model: str
+    bucket: Path
+    state_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_key: str | None = None
+    # Largest accepted request body; aiohttp answers 413 past it.
+    max_body_bytes: int = 64 * 1024 * 1024
+    # retrieve_future long-poll: the client re-polls at once on try_again, so block a while first
+    # (its own HTTP timeout is 45 s).
+    poll_timeout_s: float = 25.0
+    # How long a training request whose seq_id is ahead of the next expected one is held waiting
+    # for the missing ones (parallel fwd/bwd chunks legitimately arrive out of order).
+    seq_gap_timeout_s: float = 60.0
+    # Undelivered results are kept this long; delivered ones a short grace period (the client may
+    # re-poll after losing a response). Either way, once dropped the id answers 410.
+    future_ttl_s: float = 3600.0
+    delivered_grace_s: float = 120.0
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir if self.state_dir is not None else self.bucket.parent / "state"
+
+
+class RequestError(Exception):
+    """A bad request: the message names the field at fault. ``status`` is the HTTP status used when
+    it is detected before a future is issued; afterwards it becomes a future error, category user."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class NotFound(RequestError):
+    status = 404
+
+
+class Gone(RequestError):
+    status = 410

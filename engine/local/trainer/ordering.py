@@ -1,0 +1,130 @@
+"""Strict seq_id ordering of one model's training requests, and their execution off the loop.
+
+Policy for a skipped seq_id: a request ahead of the next expected seq_id is *held* (the client's
+parallel fwd/bwd chunks legitimately arrive out of order). If the gap is not filled within
+``gap_timeout_s``, every held request fails with a clear user error naming the missing seq_ids, and
+ordering resumes after the highest failed one. A seq_id already used (or already queued) is
+rejected at once with a 400. Each op runs on the model's single worker thread, so compute never
+runs on the event loop and two ops of one model never overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from engine.local.trainer.config import RequestError
+from engine.local.trainer.futures import FutureStore, Outcome
+from engine.log import get_logger
+
+log = get_logger("trainer.ordering")
+
+
+@dataclass
+class _Op:
+    seq_id: int
+    request_id: str
+    fn: Callable[[], Outcome]
+    label: str
+
+
+class OrderedQueue:
+    def __init__(
+        self,
+        name: str,
+        store: FutureStore,
+        executor: ThreadPoolExecutor,
+        gap_timeout_s: float,
+        first_seq_id: int = 1,
+    ) -> None:
+        self.name = name
+        self.next_seq_id = first_seq_id
+        self._store = store
+        self._executor = executor
+        self._gap_timeout_s = gap_timeout_s
+        self._pending: dict[int, _Op] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.busy = False
+
+    def submit(self, seq_id: int | None, request_id: str, fn: Callable[[], Outcome], label: str) -> None:
+        if seq_id is None:
+            seq_id = max([self.next_seq_id - 1, *self._pending]) + 1
+        if seq_id < self.next_seq_id or seq_id in self._pending:
+            raise RequestError(
+                f"seq_id {seq_id} for model {self.name} was already used; the next expected seq_id is "
+                f"{self.next_seq_id}"
+            )
+        self._pending[seq_id] = _Op(seq_id, request_id, fn, label)
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"model-queue:{self.name}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _next(self) -> _Op | None:
+        while self.next_seq_id not in self._pending:
+            self._wake.clear()
+            if not self._pending:
+                await self._wake.wait()
+                continue
+            try:
+                async with asyncio.timeout(self._gap_timeout_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                self._fail_gap()
+                return None
+        return self._pending.pop(self.next_seq_id)
+
+    def _fail_gap(self) -> None:
+        held = sorted(self._pending)
+        missing = [s for s in range(self.next_seq_id, held[-1]) if s not in self._pending]
+        message = (
+            f"seq_id(s) {missing} of model {self.name} never arrived within {self._gap_timeout_s:g}s; "
+            f"requests {held} were held waiting for them and are rejected (seq_ids must be consecutive)"
+        )
+        log.warning("seq_gap", model_id=self.name, missing=missing, held=held)
+        for seq in held:
+            self._store.resolve(self._pending.pop(seq).request_id, Outcome.error(message, "user"))
+        self.next_seq_id = held[-1] + 1
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            op = await self._next()
+            if op is None:
+                continue
+            self.busy = True
+            try:
+                outcome = await loop.run_in_executor(self._executor, _guarded, op)
+            finally:
+                self.busy = False
+            self.next_seq_id = op.seq_id + 1
+            self._store.resolve(op.request_id, outcome)
+
+
+def _guarded(op: _Op) -> Outcome:
+    try:
+        return op.fn()
+    except RequestError as exc:
+        return Outcome.error(str(exc), "user")
+    except Exception as exc:  # a server bug must fail this request, not the queue
+        log.exception("op_failed", op=op.label, seq_id=op.seq_id)
+        return Outcome.error(f"{op.label} failed: {type(exc).__name__}: {exc}", "server")
+
+
+def run_guarded(fn: Callable[[], Any], label: str) -> Callable[[], Outcome]:
+    """Wrap a blocking function returning an Outcome so errors become error outcomes."""
+
+    def call() -> Outcome:
+        return _guarded(_Op(0, "", fn, label))
+
+    return call

@@ -1,0 +1,139 @@
+"""Sampling sessions and asample requests, executed on one dedicated sampling thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from engine.local.trainer import checkpoints, params
+from engine.local.trainer.config import NotFound, RequestError
+from engine.local.trainer.futures import Outcome
+from engine.local.trainer.models import ModelState
+from engine.local.trainer.ordering import run_guarded
+from engine.local.trainer.sampling import ModuleCache, SamplingSession, sample
+from engine.weights.snapshot import SnapshotError, materialize
+
+if TYPE_CHECKING:
+    from engine.local.trainer.service import ModelEntry, TrainerService
+
+MAX_PENDING_SAMPLES = 512
+
+
+class Backpressure(RequestError):
+    status = 429
+
+
+class SamplerService:
+    def __init__(self, service: TrainerService) -> None:
+        self.service = service
+        self.sessions: dict[str, SamplingSession] = {}
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="sampler")
+        self.modules = ModuleCache(service.base)
+        self._snapshots: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.pending = 0
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _register(self, s: SamplingSession) -> str:
+        with self._lock:  # ephemeral sessions are registered from a model's worker thread
+            if s.sampling_session_id in self.sessions:
+                s.sampling_session_id += f":{uuid.uuid4().hex[:8]}"
+            self.sessions[s.sampling_session_id] = s
+        return s.sampling_session_id
+
+    def ephemeral(self, entry: ModelEntry, state: ModelState, seq: int) -> Outcome:
+        """Blocking (model thread): pin the model's current weights in a new sampling session."""
+        sid = f"{entry.session_id}:sample:{seq}"
+        key = f"ephemeral:{uuid.uuid4().hex}"
+        s = SamplingSession(
+            sid, entry.session_id, self.service.config.model, None, key, state.sampler_state()
+        )
+        return Outcome(json={"type": "save_weights_for_sampler", "sampling_session_id": self._register(s)})
+
+    def _snapshot(self, name: str) -> dict[str, torch.Tensor]:
+        with self._lock:
+            if name in self._snapshots:
+                self._snapshots.move_to_end(name)
+                return self._snapshots[name]
+        try:
+            _, weights = materialize(self.service.config.bucket, name)
+        except SnapshotError as exc:
+            raise NotFound(f"sampler snapshot {name!r}: {exc}") from exc
+        with self._lock:
+            self._snapshots[name] = weights
+            while len(self._snapshots) > 4:
+                self._snapshots.popitem(last=False)
+        return weights
+
+    async def create_session(self, body: dict[str, Any]) -> dict[str, Any]:
+        session = self.service.session(body.get("session_id"))
+        seq = params.field(body, "sampling_session_seq_id", int)
+        model_path = body.get("model_path")
+        weights: dict[str, torch.Tensor] | None = None
+        key = "base"
+        if model_path is not None:
+            tp = checkpoints.parse_tinker_path(model_path, "model_path")
+            if tp.kind != "sampler_weights":
+                raise RequestError(
+                    "model_path must be a sampler_weights path (from save_weights_for_sampler)"
+                )
+            loop = asyncio.get_running_loop()
+            weights = await loop.run_in_executor(self.executor, self._snapshot, tp.name)
+            key = f"snapshot:{tp.name}"
+        else:
+            self.service.check_base_model(body.get("base_model"))
+        s = SamplingSession(
+            f"{session.session_id}:sample:{seq}",
+            session.session_id,
+            self.service.config.model,
+            model_path,
+            key,
+            weights,
+        )
+        return {"type": "create_sampling_session", "sampling_session_id": self._register(s)}
+
+    def get(self, sampler_id: str) -> dict[str, Any]:
+        s = self.sessions.get(sampler_id)
+        if s is None:
+            raise NotFound(f"unknown sampler {sampler_id!r}")
+        return {"sampler_id": s.sampling_session_id, "base_model": s.base_model, "model_path": s.model_path}
+
+    def asample(self, body: dict[str, Any]) -> dict[str, Any]:
+        sid = body.get("sampling_session_id")
+        if sid is None:
+            raise RequestError("sampling_session_id is required (create a sampling session first)")
+        s = self.sessions.get(sid) if isinstance(sid, str) else None
+        if s is None:
+            raise NotFound(f"unknown sampling_session_id {sid!r}")
+        svc = self.service
+        prompt = params.prompt_tokens(body)
+        if any(not 0 <= t < svc.vocab_size for t in prompt):
+            raise RequestError(f"prompt: token id out of range [0, {svc.vocab_size})")
+        p = params.sample_params(body, len(prompt), svc.vocab_size, svc.max_length, svc.eos_id)
+        if self.pending >= MAX_PENDING_SAMPLES:
+            raise Backpressure(f"{self.pending} samples pending; retry later")
+        rid = svc.store.create("sample")
+
+        def run() -> Outcome:
+            module = self.modules.get(s.weights_key, s.weights)
+            return Outcome(proto=sample(module, prompt, p, svc.tokenizer))
+
+        async def go() -> None:
+            self.pending += 1
+            try:
+                loop = asyncio.get_running_loop()
+                outcome = await loop.run_in_executor(self.executor, run_guarded(run, "sample"))
+            finally:
+                self.pending -= 1
+            svc.store.resolve(rid, outcome)
+
+        svc.background(go())
+        return {"request_id": rid, "sample_sequence_ids": [f"{rid}:{i}" for i in range(p.num_samples)]}

@@ -1,0 +1,319 @@
+"""The trainer service: sessions, models and their ordered training operations.
+
+Handlers (``app``) call these coroutines on the event loop. Validation that can fail fast runs
+here and raises :class:`RequestError` (an immediate 4xx); the compute is queued on the model's
+worker thread and reported through the future store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.local.trainer import checkpoints, params
+from engine.local.trainer.config import Gone, NotFound, RequestError, TrainerConfig
+from engine.local.trainer.futures import FutureStore, Outcome
+from engine.local.trainer.models import LoraSpec, ModelState, build_module, check_tokens
+from engine.local.trainer.ordering import OrderedQueue, run_guarded
+from engine.local.trainer.proto import decode_forward_backward, encode_forward_backward
+from engine.local.trainer.sampler_service import SamplerService
+from engine.local.trainer.snapshots import save_for_sampler
+from engine.log import get_logger
+
+log = get_logger("trainer.service")
+
+
+@dataclass
+class Session:
+    session_id: str
+    created: float = field(default_factory=time.time)
+    last_heartbeat: float = field(default_factory=time.time)
+    finished: str | None = None
+
+
+@dataclass
+class ModelEntry:
+    model_id: str
+    session_id: str
+    queue: OrderedQueue
+    executor: ThreadPoolExecutor
+    state: ModelState | None = None  # set on the worker thread once created
+
+    def require_state(self) -> ModelState:
+        if self.state is None:
+            raise RequestError(f"model {self.model_id} failed to initialize")
+        return self.state
+
+
+class TrainerService:
+    def __init__(self, config: TrainerConfig, base: Any, base_path: Path, tokenizer: Any) -> None:
+        self.config = config
+        self.base = base
+        self.base_path = base_path
+        self.tokenizer = tokenizer
+        self.vocab_size = int(base.config.vocab_size)
+        self.max_length = int(base.config.max_position_embeddings)
+        self.eos_id = int(tokenizer.eos_token_id) if tokenizer.eos_token_id is not None else 2
+        self.store = FutureStore(config.future_ttl_s, config.delivered_grace_s)
+        self.sessions: dict[str, Session] = {}
+        self.models: dict[str, ModelEntry] = {}
+        self.sampler = SamplerService(self)
+        self.state_dir = config.resolved_state_dir
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` on the loop, holding a reference so it is not collected mid-flight."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- identity ---------------------------------------------------------------------------------
+
+    def model_names(self) -> set[str]:
+        return {self.config.model, str(self.base_path), self.base_path.name}
+
+    def check_base_model(self, name: Any, field_name: str = "base_model") -> str:
+        if name not in self.model_names():
+            raise RequestError(
+                f"{field_name} {name!r} is not served here; this trainer serves {self.config.model!r}"
+            )
+        return self.config.model
+
+    def session(self, session_id: Any) -> Session:
+        s = self.sessions.get(session_id) if isinstance(session_id, str) else None
+        if s is None:
+            raise NotFound(f"unknown session_id {session_id!r}")
+        if s.finished is not None:
+            raise Gone(f"session {session_id} is finished ({s.finished})")
+        return s
+
+    def entry(self, model_id: Any) -> ModelEntry:
+        e = self.models.get(model_id) if isinstance(model_id, str) else None
+        if e is None:
+            raise NotFound(f"unknown model_id {model_id!r}")
+        return e
+
+    # --- sessions ---------------------------------------------------------------------------------
+
+    def create_session(self, body: dict[str, Any]) -> dict[str, Any]:
+        sid = str(uuid.uuid4())
+        self.sessions[sid] = Session(sid)
+        log.info("session_created", session_id=sid, tags=body.get("tags"))
+        return {"type": "create_session", "session_id": sid}
+
+    def heartbeat(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.session(body.get("session_id")).last_heartbeat = time.time()
+        return {"type": "session_heartbeat"}
+
+    def finish(self, session_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        s = self.sessions.get(session_id)
+        if s is None:
+            raise NotFound(f"unknown session_id {session_id!r}")
+        reason = body.get("reason")
+        if s.finished is None:  # first reason wins
+            s.finished = str(reason.get("type") if isinstance(reason, dict) else reason or "success")
+        return {}
+
+    # --- models -----------------------------------------------------------------------------------
+
+    def _new_entry(self, session_id: str, model_seq_id: Any) -> ModelEntry:
+        if isinstance(model_seq_id, bool) or not isinstance(model_seq_id, int) or model_seq_id < 0:
+            raise RequestError(f"model_seq_id must be a non-negative integer, got {model_seq_id!r}")
+        model_id = f"{session_id}:train:{model_seq_id}"
+        if model_id in self.models:
+            raise RequestError(f"model {model_id} already exists (model_seq_id {model_seq_id} was used)")
+        executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{model_seq_id}")
+        queue = OrderedQueue(model_id, self.store, executor, self.config.seq_gap_timeout_s)
+        entry = ModelEntry(model_id, session_id, queue, executor)
+        self.models[model_id] = entry
+        return entry
+
+    def _spawn(self, entry: ModelEntry, kind: str, fn: Callable[[], Outcome]) -> str:
+        """Run ``fn`` on the model's thread outside the seq order (model creation is seq 0)."""
+        rid = self.store.create(kind)
+
+        async def run() -> None:
+            outcome = await asyncio.get_running_loop().run_in_executor(entry.executor, fn)
+            self.store.resolve(rid, outcome)
+
+        self.background(run())
+        return rid
+
+    def _build(self, entry: ModelEntry, base_model: str, lora: LoraSpec) -> ModelState:
+        state = ModelState(
+            model_id=entry.model_id,
+            base_model=base_model,
+            lora=lora,
+            module=build_module(self.base, lora),
+            vocab_size=self.vocab_size,
+            max_length=self.max_length,
+        )
+        entry.state = state
+        return state
+
+    def create_model(self, body: dict[str, Any]) -> dict[str, Any]:
+        session = self.session(body.get("session_id"))
+        base_model = self.check_base_model(body.get("base_model"))
+        lora = params.lora_spec(body)
+        params.optimizer_config(body)
+        entry = self._new_entry(session.session_id, body.get("model_seq_id"))
+
+        def build() -> Outcome:
+            self._build(entry, base_model, lora)
+            log.info("model_created", model_id=entry.model_id, lora_rank=lora.rank)
+            return Outcome(json={"type": "create_model", "model_id": entry.model_id})
+
+        rid = self._spawn(entry, "create_model", run_guarded(build, "create_model"))
+        return {"request_id": rid, "model_id": entry.model_id}
+
+    def get_info(self, body: dict[str, Any]) -> dict[str, Any]:
+        entry = self.entry(body.get("model_id"))
+        state = entry.state
+        rank = state.lora.rank if state is not None else 0
+        return {
+            "type": "get_info",
+            "model_id": entry.model_id,
+            "model_data": {
+                "arch": str(self.base.config.model_type),
+                "model_name": self.config.model,
+                "tokenizer_id": str(self.base_path),
+            },
+            "is_lora": rank > 0,
+            "lora_rank": rank if rank > 0 else None,
+            "model_name": self.config.model,
+            "optimizer_config": {"type": "adamw"},
+        }
+
+    def hotloop_model(self, model_id: str) -> dict[str, Any]:
+        entry = self.entry(model_id)
+        state = entry.state
+        return {
+            "model_id": entry.model_id,
+            "base_model": self.config.model,
+            "lora_rank": state.lora.rank if state else None,
+            "optimizer_steps": state.optimizer_steps if state else 0,
+            "last_sampler_snapshot": state.last_snapshot[0] if state and state.last_snapshot else None,
+        }
+
+    def _ordered(
+        self, body: dict[str, Any], kind: str, fn: Callable[[ModelState], Outcome]
+    ) -> dict[str, Any]:
+        entry = self.entry(body.get("model_id"))
+        seq_id = params.field(body, "seq_id", int, required=False)
+        rid = self.store.create(kind)
+        entry.queue.submit(seq_id, rid, run_guarded(lambda: fn(entry.require_state()), kind), kind)
+        return {"request_id": rid, "model_id": entry.model_id}
+
+    def forward_backward(self, body: bytes) -> dict[str, Any]:
+        req = decode_forward_backward(body)
+        entry = self.entry(req.model_id)
+        from engine.local.trainer.losses import get_loss
+
+        get_loss(req.loss_fn)
+        # Token ranges are the base model's, the same for every model of this trainer.
+        check_tokens(req.data, self.vocab_size, self.max_length)
+        kind = "forward" if req.forward_only else "forward_backward"
+
+        def run(state: ModelState) -> Outcome:
+            outputs, metrics = state.forward_backward(
+                req.data, req.loss_fn, req.loss_fn_config, req.forward_only
+            )
+            return Outcome(proto=encode_forward_backward(outputs, metrics))
+
+        rid = self.store.create(kind)
+        entry.queue.submit(req.seq_id, rid, run_guarded(lambda: run(entry.require_state()), kind), kind)
+        return {"request_id": rid, "model_id": entry.model_id}
+
+    def optim_step(self, body: dict[str, Any]) -> dict[str, Any]:
+        hp = params.adam_hyper(body)
+        return self._ordered(
+            body, "optim_step", lambda s: Outcome(json={"type": "optim_step", "metrics": s.optim_step(hp)})
+        )
+
+    def save_weights(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = checkpoints.safe_name(params.field(body, "path", str))
+        overwrite = bool(body.get("overwrite", False))
+        model_id = self.entry(body.get("model_id")).model_id
+        target = checkpoints.state_path(self.state_dir, model_id, name)
+
+        def run(state: ModelState) -> Outcome:
+            size = checkpoints.save_state(target, state.trainable(), state.optimizer, state.meta(), overwrite)
+            log.info("state_saved", model_id=model_id, name=name, size_bytes=size)
+            return Outcome(json={"type": "save_weights", "path": f"tinker://{model_id}/weights/{name}"})
+
+        return self._ordered(body, "save_weights", run)
+
+    def _state_dir_for(self, path: Any) -> tuple[checkpoints.TinkerPath, Path]:
+        tp = checkpoints.parse_tinker_path(path)
+        if tp.kind != "weights":
+            raise RequestError(f"path {path!r}: only weights/ (save_state) paths can seed a training client")
+        target = checkpoints.state_path(self.state_dir, tp.run_id, tp.name)
+        if not (target / "meta.json").exists():
+            raise NotFound(f"checkpoint {path} not found under {self.state_dir}")
+        return tp, target
+
+    def load_weights(self, body: dict[str, Any]) -> dict[str, Any]:
+        tp, target = self._state_dir_for(body.get("path"))
+        with_opt = bool(body.get("optimizer", False))
+        if body.get("model_id") is not None:  # legacy form: an ordered op on an existing model
+
+            def load_into(state: ModelState) -> Outcome:
+                loaded = checkpoints.read_state(target, with_opt)
+                state.load(loaded, with_opt)
+                return Outcome(json={"type": "load_weights", "path": str(tp), "model_id": state.model_id})
+
+            return self._ordered(body, "load_weights", load_into)
+        session = self.session(body.get("session_id"))
+        if body.get("base_model") is not None:
+            self.check_base_model(body.get("base_model"))
+        if not with_opt:
+            params.optimizer_config(body)
+        meta = checkpoints.read_state(target, with_optimizer=False).meta
+        lora = LoraSpec(**meta.get("lora", {"rank": 0}))
+        entry = self._new_entry(session.session_id, body.get("model_seq_id"))
+
+        def create_and_load() -> Outcome:
+            state = self._build(entry, self.config.model, lora)
+            state.load(checkpoints.read_state(target, with_opt), with_opt)
+            log.info("model_loaded", model_id=entry.model_id, source=str(tp), optimizer=with_opt)
+            return Outcome(json={"type": "load_weights", "path": str(tp), "model_id": entry.model_id})
+
+        rid = self._spawn(entry, "load_weights", run_guarded(create_and_load, "load_weights"))
+        return {"request_id": rid, "model_id": entry.model_id}
+
+    def save_weights_for_sampler(self, body: dict[str, Any]) -> dict[str, Any]:
+        entry = self.entry(body.get("model_id"))
+        name = body.get("path")
+        if name is None:
+            seq = params.field(body, "sampling_session_seq_id", int)
+            return self._ordered(
+                body, "save_weights_for_sampler", lambda s: self.sampler.ephemeral(entry, s, seq)
+            )
+        name = checkpoints.safe_name(params.field(body, "path", str))
+        ctype = body.get("checkpoint_type") or "base"
+        if ctype not in ("base", "delta"):
+            raise RequestError(f"checkpoint_type must be 'base' or 'delta', got {ctype!r}")
+        parent = body.get("parent_snapshot_identity")
+        if parent is not None:
+            parent = checkpoints.safe_name(
+                params.field(body, "parent_snapshot_identity", str), "parent_snapshot_identity"
+            )
+        if (self.config.bucket / name).exists():
+            raise RequestError(f"sampler snapshot {name!r} already exists in the bucket")
+
+        def run(state: ModelState) -> Outcome:
+            return Outcome(json=save_for_sampler(state, self.config.bucket, name, ctype, parent))
+
+        return self._ordered(body, "save_weights_for_sampler", run)
+
+    async def close(self) -> None:
+        for e in self.models.values():
+            await e.queue.close()
+            e.executor.shutdown(wait=False, cancel_futures=True)
+        self.sampler.close()

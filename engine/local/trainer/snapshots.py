@@ -1,0 +1,61 @@
+"""Named ``save_weights_for_sampler``: write a sampler snapshot (base or delta) to the bucket.
+
+The Fireworks-style extension: ``checkpoint_type`` "base" | "delta" and an optional
+``parent_snapshot_identity`` (default: the last snapshot this model wrote, kept in memory; any other
+parent is materialized from the bucket). LoRA models always write a base of merged weights. A delta
+asked for before the model has written any snapshot falls back to a base; the result's
+``checkpoint_type`` says what was written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.local.trainer.config import RequestError
+from engine.local.trainer.models import ModelState
+from engine.log import get_logger
+from engine.weights.snapshot import SnapshotError, materialize, write_base, write_delta
+
+log = get_logger("trainer.snapshots")
+
+
+def save_for_sampler(
+    state: ModelState, bucket: Path, name: str, checkpoint_type: str, parent: str | None
+) -> dict[str, Any]:
+    weights = state.sampler_state()
+    kind = "base" if state.is_lora else checkpoint_type
+    parent_id: str | None = None
+    try:
+        if kind == "delta":
+            held = state.last_snapshot
+            parent_id = parent or (held[0] if held else None)
+            if parent_id is None:
+                kind = "base"
+            else:
+                parent_state = held[1] if held and held[0] == parent_id else materialize(bucket, parent_id)[1]
+                manifest = write_delta(bucket, name, weights, parent_id, parent_state, state.base_model)
+        if kind == "base":
+            parent_id = None
+            manifest = write_base(bucket, name, weights, state.base_model)
+    except SnapshotError as exc:
+        raise RequestError(f"save_weights_for_sampler {name!r}: {exc}") from exc
+    state.last_snapshot = (name, weights)
+    log.info(
+        "sampler_snapshot",
+        model_id=state.model_id,
+        name=name,
+        kind=kind,
+        parent=parent_id,
+        size_bytes=manifest.payload_size,
+        encode_s=round(manifest.encode_seconds, 4),
+    )
+    return {
+        "type": "save_weights_for_sampler",
+        "path": f"tinker://{state.model_id}/sampler_weights/{name}",
+        "snapshot_name": name,
+        "checkpoint_type": kind,
+        "parent_snapshot_identity": parent_id,
+        "size_bytes": manifest.payload_size,
+        "encode_seconds": manifest.encode_seconds,
+    }
