@@ -1,0 +1,162 @@
+"""Request parsing and validation for the completions and hot-load endpoints.
+
+Everything here is pure: bytes in, a validated plan out, or ``RequestError`` naming the field at
+fault (rendered as an OpenAI-style 400 by the app).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+
+from engine.local.deployment.sampling import SamplingParams
+from engine.local.deployment.scheduler import SeqSpec
+
+MAX_N = 64
+MAX_TOP_LOGPROBS = 20
+
+
+class RequestError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = True
+
+
+class CompletionRequest(BaseModel):
+    # Unknown fields (prompt_cache_key, user, ...) are accepted and ignored, as vLLM does.
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    prompt: str | list[StrictInt]
+    n: int = Field(1, ge=1, le=MAX_N)
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=100.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=-1)
+    seed: int | None = None
+    stop: str | list[str | StrictInt] | None = None
+    stop_token_ids: list[StrictInt] | None = None
+    ignore_eos: bool = False
+    logprobs: StrictBool | StrictInt | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: bool = False
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    raw_output: bool = False
+    usage: bool = True
+    perf_metrics_in_response: bool = False
+
+
+class HotLoadRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    identity: str
+    reset_prompt_cache: bool = True
+    incremental_snapshot_metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class CompletionPlan:
+    """A validated request: what to run (``specs``, one per choice) and how to answer."""
+
+    request: CompletionRequest
+    prompt_ids: list[int]
+    specs: list[SeqSpec]
+    want_logprobs: bool
+    top_logprobs: int
+
+    @property
+    def model(self) -> str:
+        return self.request.model or ""
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError("body", f"invalid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise RequestError("body", "expected a JSON object")
+    return data
+
+
+def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first.get("loc", ())
+        # drop pydantic's union-branch labels ("list[int]", "str") from the location
+        parts = [
+            str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "bool")))
+        ]
+        field = parts[0] + "".join(f"[{p}]" for p in parts[1:]) if parts else "body"
+        raise RequestError(field, first.get("msg", "invalid value")) from exc
+
+
+def parse_completion(
+    data: dict[str, Any], *, tokenizer: Any, vocab_size: int, max_positions: int, eos_token_id: int | None
+) -> CompletionPlan:
+    req: CompletionRequest = _validate(CompletionRequest, data)
+    if isinstance(req.prompt, str):
+        prompt = list(tokenizer.encode(req.prompt, add_special_tokens=False))
+    else:
+        prompt = list(req.prompt)
+    if not prompt:
+        raise RequestError("prompt", "must not be empty")
+    for i, tok in enumerate(prompt):
+        if not 0 <= tok < vocab_size:
+            raise RequestError(f"prompt[{i}]", f"token id {tok} is outside the vocabulary [0, {vocab_size})")
+    if len(prompt) >= max_positions:
+        raise RequestError(
+            "prompt", f"{len(prompt)} tokens leave no room in the model's context of {max_positions} tokens"
+        )
+    stop_strings: list[str] = []
+    stop_ids: set[int] = set(req.stop_token_ids or [])
+    stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+    for item in stops:
+        if isinstance(item, int):
+            stop_ids.add(item)
+        else:
+            stop_strings.append(item)
+    for i, tok in enumerate(sorted(stop_ids)):
+        if not 0 <= tok < vocab_size:
+            raise RequestError("stop", f"stop token id {tok} (#{i}) is outside the vocabulary")
+    if eos_token_id is not None and not req.ignore_eos:
+        stop_ids.add(eos_token_id)
+    want_logprobs = req.logprobs is not None and req.logprobs is not False
+    top = 0
+    if want_logprobs:
+        if req.top_logprobs is not None:
+            top = req.top_logprobs
+        elif isinstance(req.logprobs, int) and not isinstance(req.logprobs, bool):
+            top = req.logprobs
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise RequestError("logprobs", f"must be between 0 and {MAX_TOP_LOGPROBS}")
+    sampling = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=max(req.top_k, 0))
+    specs = [
+        SeqSpec(
+            prompt=prompt,
+            max_tokens=req.max_tokens,
+            sampling=sampling,
+            seed=None if req.seed is None else req.seed + i,
+            stop_token_ids=frozenset(stop_ids),
+            stop_strings=tuple(stop_strings),
+            top_logprobs=top,
+            prompt_logprobs=want_logprobs and req.echo,
+        )
+        for i in range(req.n)
+    ]
+    return CompletionPlan(req, prompt, specs, want_logprobs, top)
+
+
+def parse_hot_load(data: dict[str, Any]) -> HotLoadRequest:
+    req: HotLoadRequest = _validate(HotLoadRequest, data)
+    return req

@@ -1,0 +1,323 @@
+"""The embedded deployment's aiohttp app: completions (JSON or SSE), models, health, metrics, hot-load.
+
+``DeploymentServer`` runs it on a real socket (``port=0`` picks a free one); the CLI and the tests
+both use it. The model is loaded off the event loop at startup and all compute stays on the
+scheduler's worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from engine.local.deployment.api import RequestError, parse_completion, parse_hot_load, parse_json
+from engine.local.deployment.engine import BatchRunner
+from engine.local.deployment.hotload import HotLoadBusyError, HotLoader
+from engine.local.deployment.metrics import DeploymentMetrics
+from engine.local.deployment.responses import CompletionBuilder
+from engine.local.deployment.scheduler import QueueFullError, RequestHandle, Scheduler, Update
+from engine.log import get_logger
+
+log = get_logger(__name__)
+STATE: web.AppKey[Deployment] = web.AppKey("deployment")
+OPEN_PATHS = ("/health", "/metrics")
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    model: str = "tiny"
+    bucket: Path | None = None
+    max_batch: int = 32
+    max_waiting: int = 512
+    prefill_token_budget: int = 2048
+    api_key: str | None = None
+    reject_during_load: bool = False  # True: 425 while a hot-load runs; False: requests wait for it
+    request_timeout_s: float = 600.0
+    swap_timeout_s: float = 600.0
+    seed: int = 0
+
+
+class Deployment:
+    """Everything one app serves with: model runner, scheduler, hot-loader, metrics."""
+
+    def __init__(self, config: DeploymentConfig) -> None:
+        self.config = config
+        self.scheduler: Scheduler | None = None
+        self.hotloader: HotLoader | None = None
+        self.tokenizer: Any = None
+        self.metrics = DeploymentMetrics(
+            waiting=lambda: self.scheduler.waiting if self.scheduler else 0,
+            running=lambda: self.scheduler.running if self.scheduler else 0,
+            hot_load_stage=lambda: 1.0 if self.hotloader and self.hotloader.loading else 0.0,
+        )
+
+    async def start(self) -> None:
+        from engine.local.models import load_model, load_tokenizer
+
+        model, self.tokenizer = await asyncio.to_thread(
+            lambda: (load_model(self.config.model), load_tokenizer(self.config.model))
+        )
+        runner = BatchRunner(model, pad_token_id=self.tokenizer.pad_token_id)
+        self.scheduler = Scheduler(
+            runner,
+            self.tokenizer,
+            max_batch=self.config.max_batch,
+            max_waiting=self.config.max_waiting,
+            prefill_token_budget=self.config.prefill_token_budget,
+            seed=self.config.seed,
+        )
+        self.scheduler.start()
+        self.hotloader = HotLoader(
+            self.scheduler,
+            self.config.bucket,
+            self.config.swap_timeout_s,
+            on_outcome=lambda outcome: self.metrics.hot_loads.labels(outcome).inc(),
+        )
+        log.info("deployment ready", model=self.config.model, max_batch=self.config.max_batch)
+
+    async def close(self) -> None:
+        if self.hotloader is not None:
+            await self.hotloader.close()
+        if self.scheduler is not None:
+            await asyncio.to_thread(self.scheduler.close)
+
+
+def _error(
+    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    kind = "invalid_request_error" if status == 400 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    key = request.app[STATE].config.api_key
+    if key and request.path not in OPEN_PATHS:
+        bearer = request.headers.get("Authorization", "")
+        given = bearer[7:] if bearer.lower().startswith("bearer ") else request.headers.get("X-Api-Key", "")
+        if given != key:
+            return _error(401, "missing or wrong API key (Authorization: Bearer ... or X-Api-Key)")
+    result: web.StreamResponse = await handler(request)
+    return result
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    dep = request.app[STATE]
+    assert dep.scheduler is not None and dep.hotloader is not None
+    scheduler = dep.scheduler
+    runner = scheduler.runner
+    try:
+        plan = parse_completion(
+            parse_json(await request.read()),
+            tokenizer=dep.tokenizer,
+            vocab_size=runner.vocab_size,
+            max_positions=runner.max_positions,
+            eos_token_id=dep.tokenizer.eos_token_id,
+        )
+    except RequestError as exc:
+        dep.metrics.rejected.labels("400").inc()
+        return _error(400, str(exc), exc.field)
+    if dep.config.reject_during_load and dep.hotloader.loading:
+        dep.metrics.rejected.labels("425").inc()
+        return _error(425, "a hot-load is in progress; retry shortly", headers={"Retry-After": "1"})
+    request_id = request.headers.get("x-request-id") or f"cmpl-{uuid.uuid4().hex}"
+    builder = CompletionBuilder(plan, dep.tokenizer, request_id, plan.model)
+    handle = RequestHandle(len(plan.specs))
+    try:
+        scheduler.submit(handle, plan.specs)
+    except QueueFullError as exc:
+        dep.metrics.rejected.labels("429").inc()
+        retry = {"Retry-After": str(int(exc.retry_after_s))}
+        return _error(429, "too many requests waiting; retry later", headers=retry)
+    base_headers = {"x-request-id": request_id}
+    try:
+        async with asyncio.timeout(dep.config.request_timeout_s):
+            if plan.request.stream:
+                return await _stream(request, dep, builder, handle, base_headers)
+            while not builder.done:
+                for update in await _next(handle):
+                    _observe(dep, builder, update)
+                    builder.apply(update)
+    except _EngineFailure as exc:
+        return _error(500, str(exc))
+    except TimeoutError:
+        return _error(504, f"request did not finish within {dep.config.request_timeout_s:.0f}s")
+    finally:
+        if not builder.done:
+            scheduler.cancel(handle)  # client gone, timeout or error: free the slot
+    return web.json_response(builder.body(), headers={**base_headers, **builder.headers(final=True)})
+
+
+class _EngineFailure(Exception):
+    pass
+
+
+async def _next(handle: RequestHandle) -> list[Update]:
+    item = await handle.queue.get()
+    if isinstance(item, BaseException):
+        raise _EngineFailure(str(item))
+    return item
+
+
+def _observe(dep: Deployment, builder: CompletionBuilder, update: Update) -> None:
+    m = dep.metrics
+    if update.started and update.timing is not None and update.timing.scheduled is not None:
+        t = update.timing
+        m.queue_time.observe(t.scheduled - t.arrival)  # type: ignore[operator]
+        if t.prefill_done is not None:
+            m.ttft.observe(t.prefill_done - t.arrival)
+        m.prompt_tokens.inc(len(builder.plan.prompt_ids))
+    m.generation_tokens.inc(len(update.tokens))
+    if update.finish_reason is not None:
+        m.requests.labels(update.finish_reason).inc()
+        if update.timing is not None and update.timing.finished is not None:
+            m.e2e.observe(update.timing.finished - update.timing.arrival)
+
+
+async def _stream(
+    request: web.Request,
+    dep: Deployment,
+    builder: CompletionBuilder,
+    handle: RequestHandle,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    updates = await _next(handle)  # wait until scheduled, so headers can carry the up-front timings
+    for u in updates:
+        _observe(dep, builder, u)
+    response = web.StreamResponse(
+        headers={
+            **headers,
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+        }
+    )
+    first = builder.chunks(updates)
+    response.headers.update(builder.headers(final=False))
+    await response.prepare(request)
+    await _write(response, first)
+    while not builder.done:
+        updates = await _next(handle)
+        for u in updates:
+            _observe(dep, builder, u)
+        await _write(response, builder.chunks(updates))
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def _write(response: web.StreamResponse, chunks: list[dict[str, Any]]) -> None:
+    if chunks:
+        payload = "".join(f"data: {json.dumps(c, separators=(',', ':'))}\n\n" for c in chunks)
+        await response.write(payload.encode())
+
+
+async def hot_load_post(request: web.Request) -> web.Response:
+    dep = request.app[STATE]
+    assert dep.hotloader is not None
+    try:
+        req = parse_hot_load(parse_json(await request.read()))
+    except RequestError as exc:
+        return _error(400, str(exc), exc.field)
+    try:
+        dep.hotloader.begin(req)
+    except HotLoadBusyError as exc:
+        return _error(425, str(exc), headers={"Retry-After": "1"})
+    log.info("hot-load accepted", identity=req.identity, serving=dep.hotloader.current_identity)
+    return web.json_response({"accepted": True, "identity": req.identity, **dep.hotloader.status()})
+
+
+async def hot_load_get(request: web.Request) -> web.Response:
+    dep = request.app[STATE]
+    assert dep.hotloader is not None
+    return web.json_response(dep.hotloader.status())
+
+
+async def models(request: web.Request) -> web.Response:
+    dep = request.app[STATE]
+    identity = dep.scheduler.identity if dep.scheduler else None
+    entry = {"id": dep.config.model, "object": "model", "owned_by": "hotloop", "snapshot_identity": identity}
+    return web.json_response({"object": "list", "data": [entry]})
+
+
+async def health(request: web.Request) -> web.Response:
+    dep = request.app[STATE]
+    ready = dep.scheduler is not None
+    body = {
+        "status": "ok" if ready else "starting",
+        "snapshot_identity": dep.scheduler.identity if dep.scheduler else None,
+        "hot_load_stage": dep.hotloader.stage if dep.hotloader else None,
+    }
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    dep = request.app[STATE]
+    return web.Response(body=dep.metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+def create_app(config: DeploymentConfig) -> web.Application:
+    app = web.Application(middlewares=[_auth], client_max_size=64 * 1024 * 1024)
+    dep = Deployment(config)
+    app[STATE] = dep
+
+    async def on_startup(_: web.Application) -> None:
+        await dep.start()
+
+    async def on_cleanup(_: web.Application) -> None:
+        await dep.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    app.router.add_post("/inference/v1/completions", completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/hot_load/v1/models/hot_load", hot_load_post)
+    app.router.add_get("/hot_load/v1/models/hot_load", hot_load_get)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+class DeploymentServer:
+    """``async with DeploymentServer(config, port=0) as srv: srv.url`` runs the app on a real socket."""
+
+    def __init__(self, config: DeploymentConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = create_app(config)
+        self.host, self.port = host, port
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def deployment(self) -> Deployment:
+        return self.app[STATE]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        # handler_cancellation: a client that disconnects cancels its handler, which frees its slot
+        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        sockets = self._runner.addresses
+        self.port = int(sockets[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> DeploymentServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
