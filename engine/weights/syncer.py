@@ -63,10 +63,9 @@ class _DeployMgr(Protocol):
         deployment_id: str,
         base_model: str,
         expected_identity: str,
-        *,
-        timeout_s: float,
-        poll_interval_s: float,
-    ) -> Any: ...
+        timeout_seconds: float = ...,
+        poll_interval: float = ...,
+    ) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -210,11 +209,14 @@ class WeightSyncer:
                 self.deployment_id,
                 self.base_model,
                 identity,
-                timeout_s=self.hotload_timeout_s,
-                poll_interval_s=self.poll_interval_s,
+                timeout_seconds=self.hotload_timeout_s,
+                poll_interval=self.poll_interval_s,
             )
-            if served is False:
-                raise StuckError(f"deployment did not serve {identity!r} within {self.hotload_timeout_s:g}s")
+            if not served:
+                reason = getattr(self.deploy_mgr, "last_hotload_error_message", None)
+                raise StuckError(
+                    reason or f"deployment did not serve {identity!r} within {self.hotload_timeout_s:g}s"
+                )
         except (HotloopError, TimeoutError) as exc:
             self._state = chain.apply(self._state, chain.HotloadFailed(identity))
             self._log.warning("hot-load failed; next snapshot is base", identity=identity, error=str(exc))

@@ -102,9 +102,8 @@ class FakeDeployMgr:
         deployment_id: str,
         base_model: str,
         expected_identity: str,
-        *,
-        timeout_s: float,
-        poll_interval_s: float,
+        timeout_seconds: float = 400.0,
+        poll_interval: float = 5.0,
     ) -> bool:
         return self.held == expected_identity
 
