@@ -1,0 +1,66 @@
+"""`hotloop up`: start the embedded control plane on 127.0.0.1 and print how to reach it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (0 = any free port)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--state-dir", default=None, help="jobs' buckets, states and logs (default: a temp dir)"
+    )
+    parser.add_argument("--model", default=None, help="local model for base models this stack does not know")
+    parser.add_argument(
+        "--startup-timeout", type=float, default=300.0, help="seconds a child may take to print its URL line"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    import asyncio
+    import tempfile
+    from pathlib import Path
+
+    root = Path(args.state_dir or tempfile.mkdtemp(prefix="hotloop-stack-")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(serve(args, root))
+
+
+async def serve(args: argparse.Namespace, root: Path) -> int:
+    import asyncio
+    import atexit
+    import secrets
+    import signal
+
+    from aiohttp import web
+
+    from engine.local.controlplane.plane import ControlPlane
+    from engine.local.controlplane.server import build_app
+    from engine.log import get_logger
+
+    log = get_logger("controlplane.cli")
+    api_key = "hl-" + secrets.token_urlsafe(24)
+    plane = ControlPlane(root, default_model=args.model, startup_timeout_s=args.startup_timeout)
+    atexit.register(plane.kill_all_now)  # last resort if the loop dies without the clean path below
+    runner = web.AppRunner(build_app(plane, api_key), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    port = runner.addresses[0][1]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"HOTLOOP_BASE_URL=http://{args.host}:{port}", flush=True)
+    print(f"HOTLOOP_API_KEY={api_key}", flush=True)
+    log.info("control plane up", port=port, state_dir=str(root))
+    try:
+        await stop.wait()
+        log.info("stopping: shutting down children")
+    finally:
+        await plane.close()
+        await runner.cleanup()
+    log.info("control plane stopped")
+    return 0

@@ -1,0 +1,158 @@
+"""The gateway: trainer API, inference and hot-load requests streamed through to the child processes.
+
+Bodies stream both ways and reads have no deadline (tinker's retrieve_future long-polls); only the
+connect is bounded. The caller's credentials stop here: children listen on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from engine.local.controlplane.plane import PLANE, ControlPlane
+from engine.local.controlplane.resources import ACCOUNT, ApiError, parse_deployment_ref
+from engine.log import get_logger
+
+log = get_logger("controlplane.proxy")
+SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("proxy_session", aiohttp.ClientSession)
+# Hop-by-hop headers, and the caller's credentials, never cross the gateway.
+_DROP_REQUEST = {
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
+_DROP_REQUEST |= {"host", "authorization", "x-api-key"}
+_DROP_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "upgrade", "trailer"}
+TRAINER_GATEWAY_KEY = "tml-hotloop-gateway"
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        auto_decompress=False,
+        connector=aiohttp.TCPConnector(limit=0),
+    )
+    app[SESSION] = session
+    yield
+    await session.close()
+
+
+async def forward(
+    request: web.Request,
+    target: str,
+    *,
+    body: bytes | None = None,
+    what: str,
+    extra: dict[str, str] | None = None,
+) -> web.StreamResponse:
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST}
+    headers.update(extra or {})
+    data: Any = None
+    if body is not None:
+        data = body
+        headers["Content-Length"] = str(len(body))
+    elif request.body_exists:
+        data = request.content.iter_chunked(1 << 16)
+    else:
+        headers.pop("Content-Length", None)
+    url = URL(target + (f"?{request.query_string}" if request.query_string else ""), encoded=True)
+    response: web.StreamResponse | None = None
+    try:
+        async with request.app[SESSION].request(
+            request.method, url, data=data, headers=headers, allow_redirects=False
+        ) as upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for key, value in upstream.headers.items():
+                if key.lower() not in _DROP_RESPONSE:
+                    response.headers.add(key, value)
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        if response is None:
+            raise ApiError(502, f"{what} unreachable: {exc!r}") from exc
+        # Mid-stream: the status is already sent, so cut the connection and let the client see truncation.
+        log.warning("upstream broke mid-stream", what=what, error=repr(exc))
+        raise
+
+
+def _check_lora(job_lora_rank: int, raw: bytes, job_id: str) -> None:
+    """A create_model whose LoRA rank differs from the job's is a config error, not a trainer crash."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return  # let the trainer explain its own parse error
+    lora = body.get("lora_config") if isinstance(body, dict) else None
+    rank = int(lora.get("rank", 0)) if isinstance(lora, dict) else 0
+    if rank != job_lora_rank:
+        raise ApiError(
+            400,
+            f"lora_rank mismatch: trainer job {job_id!r} was created with loraRank={job_lora_rank} but "
+            f"create_model asked for lora rank {rank}; use the job's rank",
+        )
+
+
+async def trainer_proxy(request: web.Request) -> web.StreamResponse:
+    plane: ControlPlane = request.app[PLANE]
+    account, job_id, tail = (request.match_info[k] for k in ("account", "job", "tail"))
+    if account != ACCOUNT:
+        raise ApiError(404, f"account {account!r} not found (this control plane serves account {ACCOUNT!r})")
+    job = plane.job(job_id)
+    if job.state != "JOB_STATE_RUNNING" or not job.url:
+        raise ApiError(503, f"trainer job {job_id!r} is {job.state}: {job.message}")
+    body = None
+    if request.method == "POST" and tail.strip("/") == "api/v1/create_model":
+        body = await request.read()
+        _check_lora(job.lora_rank, body, job_id)
+    return await forward(
+        request,
+        f"{job.url}/{tail}",
+        body=body,
+        what=f"trainer job {job_id!r}",
+        extra={"X-API-Key": TRAINER_GATEWAY_KEY},
+    )
+
+
+def _serving_url(plane: ControlPlane, deployment_id: str) -> str:
+    dep = plane.deployment(deployment_id)
+    if dep.state not in ("READY", "UPDATING") or not dep.url:
+        raise ApiError(503, f"deployment {deployment_id!r} is not serving ({dep.state}: {dep.message})")
+    return dep.url
+
+
+async def inference_proxy(request: web.Request) -> web.StreamResponse:
+    raw = await request.read()
+    try:
+        model = json.loads(raw).get("model")
+    except (ValueError, AttributeError) as exc:
+        raise ApiError(400, "request body: must be a JSON object with a 'model' field") from exc
+    dep_id = parse_deployment_ref(model, "model")
+    url = _serving_url(request.app[PLANE], dep_id)
+    return await forward(request, f"{url}{request.path}", body=raw, what=f"deployment {dep_id!r}")
+
+
+async def hotload_proxy(request: web.Request) -> web.StreamResponse:
+    header = request.headers.get("fireworks-deployment")
+    if not header:
+        raise ApiError(400, "fireworks-deployment header: required ('accounts/local/deployments/<id>')")
+    dep_id = parse_deployment_ref(header, "fireworks-deployment header")
+    url = _serving_url(request.app[PLANE], dep_id)
+    return await forward(request, f"{url}/hot_load/v1/models/hot_load", what=f"deployment {dep_id!r}")
+
+
+def add_routes(app: web.Application, plane: ControlPlane) -> None:
+    app.cleanup_ctx.append(_session_ctx)
+    app.router.add_route("*", "/training/v1/rlorTrainerJobs/{account}/{job}/{tail:.*}", trainer_proxy)
+    app.router.add_post("/inference/v1/completions", inference_proxy)
+    app.router.add_route("*", "/hot_load/v1/models/hot_load", hotload_proxy)
