@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,16 @@ class ControlPlane:
         default_model: str | None = None,
         startup_timeout_s: float = 300.0,
         python: str = sys.executable,
+        child_argv: Callable[[str, list[str]], list[str]] | None = None,
     ) -> None:
         self.root = root
         self.default_model = default_model
         self.startup_timeout_s = startup_timeout_s
         self.python = python
+        # (kind, args) -> argv; tests swap in a stand-in server, the default runs `hotloop serve <kind>`.
+        self.child_argv = child_argv or (
+            lambda kind, args: [self.python, "-m", "engine.cli", "serve", kind, *args]
+        )
         self.jobs: dict[str, JobRecord] = {}
         self.deployments: dict[str, DeploymentRecord] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -64,9 +69,6 @@ class ControlPlane:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
         env.setdefault("TINKER_TELEMETRY", "0")
         return env
-
-    def _cmd(self, *args: str) -> list[str]:
-        return [self.python, "-m", "engine.cli", *args]
 
     async def close(self) -> None:
         """Stop every child (process groups) and every supervisor task."""
@@ -130,8 +132,19 @@ class ControlPlane:
         if previous is not None:
             await previous.stop()
         job.set_state("JOB_STATE_CREATING", "starting trainer process")
-        argv = self._cmd("serve", "trainer", "--port", "0", "--model", job.model)
-        argv += ["--bucket", str(job.bucket), "--state-dir", str(job.state_dir)]
+        argv = self.child_argv(
+            "trainer",
+            [
+                "--port",
+                "0",
+                "--model",
+                job.model,
+                "--bucket",
+                str(job.bucket),
+                "--state-dir",
+                str(job.state_dir),
+            ],
+        )
         child = Child(
             f"trainer[{job.job_id}]",
             argv,
@@ -251,8 +264,8 @@ class ControlPlane:
     async def _run_deployment(self, dep: DeploymentRecord, gen: int, previous: Child | None) -> None:
         if previous is not None:
             await previous.stop()
-        argv = self._cmd(
-            "serve", "deployment", "--port", "0", "--model", dep.model, "--bucket", str(dep.bucket)
+        argv = self.child_argv(
+            "deployment", ["--port", "0", "--model", dep.model, "--bucket", str(dep.bucket)]
         )
         child = Child(
             f"deployment[{dep.deployment_id}]",
