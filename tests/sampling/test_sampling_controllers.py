@@ -46,7 +46,7 @@ class FakeClock:
 
 
 def test_prefill_queue_rule() -> None:
-    p = AimdPolicy()  # target 0.5, interval 32, window 8
+    p = AimdPolicy(decrease_hold=False)  # target 0.5, interval 32, window 8
     s = initial_state(p)
     s = feed(p, s, busy(0.0), 31)
     assert s.window == 8.0  # no adjustment before the interval is full
@@ -61,9 +61,21 @@ def test_prefill_queue_rule() -> None:
 
 
 def test_fireworks_exact_halves_just_above_target() -> None:
-    p = AimdPolicy(proportional_decrease=False)
+    p = AimdPolicy.fireworks()
     s = feed(p, initial_state(p), busy(0.51), 32)
     assert s.window == 4.0
+    s = feed(p, s, busy(0.51, 4), 32)  # the EMA still says "queue": Fireworks halves again
+    assert s.window == 2.0
+
+
+def test_decrease_hold_drops_stale_samples_and_restarts_the_ema() -> None:
+    p = AimdPolicy()
+    s = feed(p, initial_state(p), busy(3.0), 32)
+    assert s.window == 4.0 and s.ema_pq == 0.5 and s.stale_left == 8  # EMA restarts at the target
+    s = feed(p, s, busy(3.0, 8), 8)  # admitted under the old window: ignored
+    s = feed(p, s, busy(0.0, 4), 24)
+    assert s.ema_pq == pytest.approx(0.35)  # judged on fresh samples only
+    assert s.window == pytest.approx(4.0 + 0.5 / 0.35)
 
 
 def test_app_limited_guard_blocks_growth_only() -> None:
@@ -136,6 +148,7 @@ policies = st.builds(
     adjustment_interval=st.integers(0, 40),
     shrink_cooldown_s=st.floats(0.0, 5.0),
     proportional_decrease=st.booleans(),
+    decrease_hold=st.booleans(),
 )
 observations = st.builds(
     Observation,

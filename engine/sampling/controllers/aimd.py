@@ -14,7 +14,7 @@ The rule is Fireworks' ``AdaptiveConcurrencyController`` (fireworks-ai 1.2.10 â€
   burst of victims of one overload shrinks once); a deep retry (attempt >= 3) shrinks twice as hard.
   An interval with 2xx and no congestion grows the window by ``additive_increase``.
 
-Two documented changes, each with a switch that restores Fireworks' exact behavior:
+Three documented changes; ``AimdPolicy.fireworks()`` turns all off and restores Fireworks' exact rule:
 
 * ``proportional_decrease``: the decrease factor scales with how far the EMA is above the target,
   reaching ``multiplicative_decrease`` at twice the target. Halving when the queue is barely over the
@@ -24,6 +24,9 @@ Two documented changes, each with a switch that restores Fireworks' exact behavi
 * ``app_limited_fraction``: the window grows only if the interval's peak in-flight count reached this
   fraction of the window (Netflix concurrency-limits' "app-limited" guard), so a caller that never fills
   the window does not drift it to ``max_window`` and later hit the server with that burst.
+* ``decrease_hold``: after a queue-driven decrease, the queue times of attempts admitted under the old
+  window are dropped and the EMA restarts at the target, so one overload is answered once instead of
+  by a cascade of halvings driven by a stale EMA.
 """
 
 from __future__ import annotations
@@ -73,6 +76,21 @@ class AimdPolicy:
     """hotloop: scale the decrease by the EMA's excess over the target (False = Fireworks' fixed halving)."""
     app_limited_fraction: float = 0.5
     """hotloop: grow only if the interval's peak in-flight reached this fraction of the window (0 = off)."""
+    decrease_hold: bool = True
+    """hotloop: after a queue-driven decrease, drop the queue times of the attempts that were already in
+    flight (they measure the old window) and restart the EMA at the target (TCP's "one decrease per
+    round trip"). Without it the stale EMA keeps shrinking for several intervals after the queue is gone
+    and the window collapses far below capacity (simulated: 0.45-0.85 of capacity instead of ~1.0)."""
+
+    @classmethod
+    def fireworks(cls, **overrides: float | int | bool) -> AimdPolicy:
+        """Fireworks 1.2.30's rule exactly (fixed halving, no app-limited guard, no decrease hold)."""
+        base: dict[str, float | int | bool] = {
+            "proportional_decrease": False,
+            "app_limited_fraction": 0.0,
+            "decrease_hold": False,
+        }
+        return cls(**{**base, **overrides})  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         if self.min_window < 1:
@@ -156,6 +174,8 @@ class AimdState:
     ok_count: int = 0
     congestion_count: int = 0
     peak_in_flight: int | None = None
+    stale_left: int = 0
+    """Queue samples still to drop after a decrease (attempts admitted under the old window)."""
     last_shrink_at: float | None = None
     step: StepStats = field(default_factory=StepStats)
 
@@ -201,12 +221,17 @@ def adjust(policy: AimdPolicy, state: AimdState) -> tuple[AimdState, Decision]:
     """Apply one interval adjustment from the interval's observations, then reset the interval."""
     before = state.window
     window, ema, reason = before, state.ema_pq, "none"
+    stale_left = state.stale_left
     if state.pq_count > 0:
         mean = state.pq_sum / state.pq_count
         ema = mean if ema is None else policy.ema_alpha * mean + (1.0 - policy.ema_alpha) * ema
         window, reason = pq_next_window(policy, before, ema)
         if reason == "pq_increase" and not _may_grow(policy, state):
             window, reason = before, "pq_hold"
+        elif reason == "pq_decrease" and policy.decrease_hold:
+            # The attempts in flight now were admitted under the old window; skip their samples.
+            stale_left = max(policy.effective(before), state.peak_in_flight or 0)
+            ema = policy.prefill_queue_target  # the decrease answered the excess; fresh samples move it
     elif state.ok_count + state.congestion_count > 0:
         # Congestion was already answered by the immediate shrink; only a clean interval grows.
         if state.congestion_count == 0 and _may_grow(policy, state):
@@ -223,6 +248,7 @@ def adjust(policy: AimdPolicy, state: AimdState) -> tuple[AimdState, Decision]:
         ok_count=0,
         congestion_count=0,
         peak_in_flight=None,
+        stale_left=stale_left,
     )
     return new, Decision(before, window, reason, ema)  # type: ignore[arg-type]
 
@@ -246,8 +272,11 @@ def observe(policy: AimdPolicy, state: AimdState, obs: Observation, now: float) 
     changes: dict[str, object] = {"since_adjust": state.since_adjust + 1, "peak_in_flight": peak}
     if obs.prefill_queue_s is not None:
         pq = max(0.0, obs.prefill_queue_s)
-        changes.update(pq_sum=state.pq_sum + pq, pq_count=state.pq_count + 1)
         step = replace(step, pq_sum=step.pq_sum + pq, pq_count=step.pq_count + 1)
+        if state.stale_left > 0:
+            changes["stale_left"] = state.stale_left - 1
+        else:
+            changes.update(pq_sum=state.pq_sum + pq, pq_count=state.pq_count + 1)
     elif obs.congestion:
         changes["congestion_count"] = state.congestion_count + 1
         step = replace(
