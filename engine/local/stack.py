@@ -65,6 +65,11 @@ class EmbeddedStack:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def returncode(self) -> int | None:
+        """Exit status of ``hotloop up`` once stopped (0 after a clean SIGTERM shutdown)."""
+        return self._proc.returncode if self._proc else None
+
     async def start(self) -> EmbeddedStack:
         self.root_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "engine.cli", "up", "--port", str(self.port)]
