@@ -104,3 +104,24 @@ async def test_stack_parallel_wait_crash_resume_and_clean_shutdown(
     # SIGTERM to `hotloop up`: it exits cleanly and takes its children with it.
     assert stack.returncode == 0
     assert await eventually_gone(children) == []
+
+
+async def test_cancelled_owner_still_stops_the_stack(tmp_path: Path) -> None:
+    started = asyncio.Event()
+    holder: list[EmbeddedStack] = []
+
+    async def owner() -> None:
+        async with EmbeddedStack(tmp_path / "stack", startup_timeout_s=120) as stack:
+            holder.append(stack)
+            started.set()
+            await asyncio.Event().wait()  # until cancelled
+
+    task = asyncio.create_task(owner())
+    async with asyncio.timeout(150):
+        await started.wait()
+    pid = holder[0].pid
+    assert pid is not None and alive(pid)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert holder[0].returncode == 0 and not alive(pid)
