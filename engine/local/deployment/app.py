@@ -41,6 +41,7 @@ class DeploymentConfig:
     request_timeout_s: float = 600.0
     swap_timeout_s: float = 600.0
     seed: int = 0
+    threads: int = 1  # torch intra-op threads of the engine thread
 
 
 class Deployment:
@@ -71,6 +72,7 @@ class Deployment:
             max_waiting=self.config.max_waiting,
             prefill_token_budget=self.config.prefill_token_budget,
             seed=self.config.seed,
+            threads=self.config.threads,
         )
         self.scheduler.start()
         self.hotloader = HotLoader(

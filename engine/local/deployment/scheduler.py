@@ -165,12 +165,14 @@ class Scheduler:
         max_waiting: int = 512,
         prefill_token_budget: int = 2048,
         seed: int = 0,
+        threads: int = 1,
     ) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.max_waiting = max_waiting
         self.prefill_token_budget = prefill_token_budget
+        self.threads = threads
         self.identity: str | None = None  # the snapshot the weights in the runner came from
         self._rng = torch.Generator().manual_seed(seed)
         self._cv = threading.Condition()
@@ -255,6 +257,9 @@ class Scheduler:
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        # Per-thread (OpenMP) setting. One intra-op thread by default: on a shared 2-core box, two
+        # spinning OpenMP threads made every step 10-50x slower whenever another process was busy.
+        torch.set_num_threads(self.threads)
         while True:
             with self._cv:
                 while not (self._stop or self._waiting or self._rows or self._swap):

@@ -1,0 +1,72 @@
+"""`hotloop serve deployment` as a real subprocess: URL line, completions, hot-load, clean exit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from deployment_helpers import complete, hot_load, stream, write_chain
+
+
+@pytest.fixture
+async def deployment_process(tiny_model_dir: Path, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    bucket = tmp_path / "bucket"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "serve",
+        "deployment",
+        "--port",
+        "0",
+        "--model",
+        str(tiny_model_dir),
+        "--bucket",
+        str(bucket),
+        "--api-key",
+        "secret-key",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "HOTLOOP_LOG_FORMAT": "json"},
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(120):
+            line = (await proc.stdout.readline()).decode().strip()
+        assert line.startswith("HOTLOOP_DEPLOYMENT_URL=http://127.0.0.1:"), line
+        yield line.split("=", 1)[1], bucket
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_serve_deployment_subprocess(
+    deployment_process: tuple[str, Path], tiny_model_dir: Path
+) -> None:
+    url, bucket = deployment_process
+    write_chain(bucket, tiny_model_dir)
+    headers = {"Authorization": "Bearer secret-key"}
+    async with aiohttp.ClientSession() as anonymous:
+        async with anonymous.get(url + "/health") as resp:
+            assert resp.status == 200  # health is open
+        status, _, _ = await complete(anonymous, url, prompt=[1, 2, 3], max_tokens=2)
+        assert status == 401
+    async with aiohttp.ClientSession(headers=headers) as session:
+        replica = await hot_load(session, url, "step-0")
+        assert replica["current_snapshot_identity"] == "step-0"
+        replica = await hot_load(session, url, "step-1", previous="step-0")
+        assert replica["current_snapshot_identity"] == "step-1"
+        chunks, resp_headers = await stream(session, url, prompt=[1, 2, 3], max_tokens=4, temperature=0)
+        assert chunks[-1]["snapshot_identity"] == "step-1"
+        assert resp_headers["x-hotloop-snapshot-identity"] == "step-1"
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")

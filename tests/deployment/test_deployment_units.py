@@ -1,0 +1,101 @@
+"""The deployment's pure pieces: admission planning, sampling distributions, text/stop handling,
+and the batch KV cache's join/leave bookkeeping against a full forward."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.local.deployment.detok import TextTracker
+from engine.local.deployment.engine import BatchRunner, sequence_logprobs
+from engine.local.deployment.sampling import SamplingParams, choose_tokens, processed_logprobs
+from engine.local.deployment.scheduler import SeqSpec, finish_reason, plan_admission
+from engine.local.models import load_model, load_tokenizer
+
+
+@given(
+    lens=st.lists(st.integers(1, 600), max_size=40),
+    running=st.integers(0, 40),
+    max_batch=st.integers(1, 40),
+    budget=st.integers(1, 4096),
+)
+@settings(max_examples=200, deadline=None)
+def test_plan_admission_respects_slots_and_budget(
+    lens: list[int], running: int, max_batch: int, budget: int
+) -> None:
+    n = plan_admission(lens, running, max_batch, budget)
+    assert 0 <= n <= max(0, max_batch - running) and n <= len(lens)
+    if n > 1:
+        assert n * max(lens[:n]) <= budget
+    if lens and running < max_batch:
+        assert n >= 1  # never starves: one always joins when a slot is free
+
+
+def test_finish_reason() -> None:
+    spec = SeqSpec(prompt=[1, 2, 3], max_tokens=3, stop_token_ids=frozenset({2}))
+    assert finish_reason(spec, [5], 100) is None
+    assert finish_reason(spec, [5, 2], 100) == "stop"
+    assert finish_reason(spec, [5, 6, 7], 100) == "length"
+    assert finish_reason(spec, [5], 4) == "length"  # context full
+
+
+def test_processed_distributions() -> None:
+    logits = torch.tensor(
+        [[3.0, 2.0, 1.0, 0.0], [3.0, 2.0, 1.0, 0.0], [0.0, 5.0, 1.0, 0.0], [1.0, 2.0, 3.0, 4.0]]
+    )
+    params = [
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=1.0, top_k=2),
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.5, top_p=0.5),
+    ]
+    out = processed_logprobs(logits, params)
+    assert torch.allclose(out[0], torch.log_softmax(logits[0], -1))
+    assert torch.isinf(out[1, 2:]).all() and torch.allclose(out[1, :2], torch.log_softmax(logits[1, :2], -1))
+    assert out[2, 1] == 0.0 and torch.isinf(out[2, [0, 2, 3]]).all()
+    scaled = torch.softmax(logits[3] / 0.5, -1)  # top token alone has 0.87 > 0.5 of the mass
+    assert scaled[3] > 0.5 and out[3, 3] == 0.0 and torch.isinf(out[3, :3]).all()
+    gens = [torch.Generator().manual_seed(1), None, None, torch.Generator().manual_seed(2)]
+    toks = choose_tokens(out, gens, torch.Generator().manual_seed(0))
+    assert toks[1] in (0, 1) and toks[2] == 1 and toks[3] == 3
+
+
+def test_text_tracker_holds_back_possible_stop_strings(tiny_model_dir: Path) -> None:
+    tok = load_tokenizer(tiny_model_dir)
+    ids = tok.encode("hello world, this is it", add_special_tokens=False)
+    tracker = TextTracker(tok, ("is it",))
+    emitted, stopped = "", False
+    for i in range(1, len(ids) + 1):
+        delta, stopped = tracker.push(ids[:i])
+        emitted += delta
+        assert "is it" not in emitted
+        if stopped:
+            break
+    assert stopped and emitted == "hello world, this "
+
+
+def test_batch_cache_join_and_leave_match_full_forward(tiny_model_dir: Path) -> None:
+    model = load_model(tiny_model_dir)
+    runner = BatchRunner(model)
+    seqs = [[5, 6, 7, 8, 9, 10, 11], [20, 21]]
+    logits = runner.prefill(seqs, full_logits=False)
+    nxt = [int(x) for x in logits.argmax(-1)]
+    for s, t in zip(seqs, nxt, strict=True):
+        s.append(t)
+    seqs.append([40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51])  # longer than the batch: old rows re-pad
+    last = runner.prefill([seqs[2]], full_logits=False)
+    seqs[2].append(int(last.argmax(-1)[0]))
+    for step in range(4):
+        if step == 2:
+            runner.keep_rows([1, 2])  # row 0 leaves; shared padding is trimmed
+            seqs = seqs[1:]
+        out = runner.decode([s[-1] for s in seqs])
+        raw = torch.log_softmax(out, -1)
+        for i, s in enumerate(seqs):
+            tok = int(raw[i].argmax())
+            ref = sequence_logprobs(model, [*s, tok], start=len(s))[0]
+            assert abs(float(raw[i, tok]) - ref) <= 1e-4
+            s.append(tok)
