@@ -48,6 +48,7 @@ class DeploymentManager(RestClient):
         self.hotload_api_url = (hotload_api_url or self.base_url).rstrip("/")
         self.boot_time_s: float | None = None
         self.last_hotload_error_message: str | None = None
+        self._send_reset_prompt_cache = True
 
     async def _path(self, deployment_id: str | None = None) -> str:
         account = await self.resolve_account_id()
@@ -182,16 +183,22 @@ class DeploymentManager(RestClient):
     ) -> dict[str, Any]:
         """Ask the deployment to load ``snapshot_identity`` from its bucket (delta when metadata is given)."""
         await self.resolve_account_id()
-        body: dict[str, Any] = {"identity": snapshot_identity, "reset_prompt_cache": reset_prompt_cache}
+        body: dict[str, Any] = {"identity": snapshot_identity}
+        if self._send_reset_prompt_cache:
+            body["reset_prompt_cache"] = reset_prompt_cache
         if incremental_snapshot_metadata:
             body["incremental_snapshot_metadata"] = incremental_snapshot_metadata
-        result = await self.request(
-            "POST",
-            f"{self.hotload_api_url}/hot_load/v1/models/hot_load",
-            json_body=body,
-            headers=self._hotload_headers(deployment_id, base_model),
-            timeout_s=timeout,
-        )
+        url = f"{self.hotload_api_url}/hot_load/v1/models/hot_load"
+        headers = self._hotload_headers(deployment_id, base_model)
+        try:
+            result = await self.request("POST", url, json_body=body, headers=headers, timeout_s=timeout)
+        except ControlPlaneError as exc:
+            # Some gateways reject the field ("extra inputs are not permitted"): drop it for good.
+            if exc.status != 400 or "reset_prompt_cache" not in str(exc) or "reset_prompt_cache" not in body:
+                raise
+            self._send_reset_prompt_cache = False
+            del body["reset_prompt_cache"]
+            result = await self.request("POST", url, json_body=body, headers=headers, timeout_s=timeout)
         log.info("hotload requested", deployment_id=deployment_id, identity=snapshot_identity)
         return dict(result.body or {})
 

@@ -77,6 +77,9 @@ async def test_auth_is_required_with_a_clear_message(cp: Plane) -> None:
             assert resp.status == 200 and (await resp.json())["accounts"][0]["name"] == "accounts/local"
         async with http.get(f"{cp.url}/v1/accounts", headers={"X-API-Key": f"tml-{API_KEY}"}) as resp:
             assert resp.status == 200  # tinker's required key prefix
+        async with http.get(f"{cp.url}/v1/nowhere", headers={"X-API-Key": API_KEY}) as resp:
+            assert resp.status == 404
+            assert "no route for GET /v1/nowhere" in (await resp.json())["error"]["message"]
     async with TrainerJobManager("hl-wrong", cp.url) as bad:
         with pytest.raises(AuthenticationError, match=r"invalid API key.*Authorization: Bearer"):
             await bad.resolve_account_id()

@@ -263,3 +263,13 @@ def test_invalid_configs_name_the_field() -> None:
         DeploymentConfig("dep", "tiny", min_replica_count=2, max_replica_count=1).validate()
     with pytest.raises(ConfigError, match="api_key"):
         TrainerJobManager("", "http://127.0.0.1:1")
+
+
+async def test_hotload_drops_reset_prompt_cache_when_the_gateway_rejects_it(
+    scripted: ScriptedServer, clock: FakeClock
+) -> None:
+    scripted.faults["hot_load"] = ["400:extra inputs are not permitted: reset_prompt_cache"]
+    async with deploy_mgr(scripted, clock) as dm:
+        await dm.hotload("dep", "tiny", "s1")
+        await dm.hotload("dep", "tiny", "s2")
+    assert [p["body"] for p in scripted.hotload_posts] == [{"identity": "s1"}, {"identity": "s2"}]

@@ -33,6 +33,7 @@ async def serve(args: argparse.Namespace, root: Path) -> int:
     import atexit
     import secrets
     import signal
+    import sys
 
     from aiohttp import web
 
@@ -47,7 +48,12 @@ async def serve(args: argparse.Namespace, root: Path) -> int:
     runner = web.AppRunner(build_app(plane, api_key), handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # e.g. the port is taken
+        print(f"hotloop up: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        await runner.cleanup()
+        return 1
     port = runner.addresses[0][1]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -52,6 +52,13 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     except ApiError as exc:
         return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # aiohttp's own 404/405 become Fireworks-shaped JSON errors that say what was asked.
+        return error_response(
+            ApiError(exc.status, f"{exc.reason}: no route for {request.method} {request.path}")
+        )
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

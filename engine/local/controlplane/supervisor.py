@@ -21,12 +21,14 @@ from engine.log import get_logger
 
 log = get_logger("controlplane.supervisor")
 _PR_SET_PDEATHSIG = 1
+# Resolved in the parent: between fork and exec the child may only make the plain prctl call (no
+# dlopen, no locks another thread could hold).
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 def _child_setup() -> None:  # pragma: no cover - runs in the forked child before exec
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ChildStartError(RuntimeError):
