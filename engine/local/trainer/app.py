@@ -19,10 +19,10 @@ import zstandard
 from aiohttp import web
 
 from engine.local.trainer.config import RequestError
+from engine.local.trainer.logs import LazyLogger
 from engine.local.trainer.service import TrainerService
-from engine.log import get_logger
 
-log = get_logger("trainer.app")
+log = LazyLogger("trainer.app")
 SERVICE: web.AppKey[TrainerService] = web.AppKey("service", TrainerService)
 PROTO = "application/x-protobuf"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

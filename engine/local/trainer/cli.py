@@ -29,6 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=60.0,
         help="seconds a request ahead of a missing seq_id is held before failing",
     )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: cores)")
     parser.add_argument("--poll-timeout", type=float, default=25.0, help="retrieve_future long-poll seconds")
 
 
@@ -46,6 +47,7 @@ async def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         seq_gap_timeout_s=args.seq_gap_timeout,
         poll_timeout_s=args.poll_timeout,
+        torch_threads=args.threads,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

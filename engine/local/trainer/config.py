@@ -26,6 +26,9 @@ class TrainerConfig:
     # re-poll after losing a response). Either way, once dropped the id answers 410.
     future_ttl_s: float = 3600.0
     delivered_grace_s: float = 120.0
+    # torch intra-op threads for this process (None: torch's default, one per core). One thread is
+    # much faster for tiny models on a busy machine, where OpenMP spin-waits fight for the cores.
+    torch_threads: int | None = None
 
     @property
     def resolved_state_dir(self) -> Path:

@@ -19,9 +19,9 @@ from typing import Any
 
 from engine.local.trainer.config import RequestError
 from engine.local.trainer.futures import FutureStore, Outcome
-from engine.log import get_logger
+from engine.local.trainer.logs import LazyLogger
 
-log = get_logger("trainer.ordering")
+log = LazyLogger("trainer.ordering")
 
 
 @dataclass

@@ -14,15 +14,20 @@ from aiohttp import web
 
 from engine.local.trainer.app import build_app
 from engine.local.trainer.config import TrainerConfig
+from engine.local.trainer.logs import LazyLogger
 from engine.local.trainer.service import TrainerService
-from engine.log import get_logger
 
-log = get_logger("trainer.server")
+log = LazyLogger("trainer.server")
 
 
 def load_service(config: TrainerConfig) -> TrainerService:
     """Blocking: load the base model and tokenizer (once per process)."""
+    import torch
+
     from engine.local.models import load_model, load_tokenizer, resolve_model
+
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
 
     path = resolve_model(config.model)
     base = load_model(config.model)

@@ -19,14 +19,14 @@ from typing import Any
 from engine.local.trainer import checkpoints, params
 from engine.local.trainer.config import Gone, NotFound, RequestError, TrainerConfig
 from engine.local.trainer.futures import FutureStore, Outcome
+from engine.local.trainer.logs import LazyLogger
 from engine.local.trainer.models import LoraSpec, ModelState, build_module, check_tokens
 from engine.local.trainer.ordering import OrderedQueue, run_guarded
 from engine.local.trainer.proto import decode_forward_backward, encode_forward_backward
 from engine.local.trainer.sampler_service import SamplerService
 from engine.local.trainer.snapshots import save_for_sampler
-from engine.log import get_logger
 
-log = get_logger("trainer.service")
+log = LazyLogger("trainer.service")
 
 
 @dataclass

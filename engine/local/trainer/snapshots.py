@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.local.trainer.config import RequestError
+from engine.local.trainer.logs import LazyLogger
 from engine.local.trainer.models import ModelState
-from engine.log import get_logger
 from engine.weights.snapshot import SnapshotError, materialize, write_base, write_delta
 
-log = get_logger("trainer.snapshots")
+log = LazyLogger("trainer.snapshots")
 
 
 def save_for_sampler(
