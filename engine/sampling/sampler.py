@@ -33,7 +33,12 @@ from engine.sampling.metrics import ServerMetrics
 from engine.sampling.retry import RetryPolicy, build_retrying
 from engine.sampling.stream import StreamResult, stream_completion
 
-_log = get_logger("sampling.sampler")
+
+def _log() -> Any:
+    # Looked up per call: a logger bound at import would miss a later ``engine.log.configure``.
+    return get_logger("sampling.sampler")
+
+
 _RESERVED = frozenset({"model", "prompt", "n", "stream"})
 _METRICS_KEPT = 65536
 
@@ -292,7 +297,7 @@ class DeploymentSampler:
 
         def log_retry(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None
-            _log.warning(
+            _log().warning(
                 "sampling attempt failed; retrying",
                 request_id=request_id,
                 attempt=state.attempt_number,
@@ -348,7 +353,7 @@ class DeploymentSampler:
             # At temperature 1 with no truncation the behavior policy is the model's distribution.
             if not self._warned_logprob_fallback:
                 self._warned_logprob_fallback = True
-                _log.warning(
+                _log().warning(
                     "server sent no sampling_logprob; using raw logprobs (temperature=1, top_p=1, top_k=0)"
                 )
             sampling = list(result.inference_logprobs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from engine.errors import ConfigError
 from engine.log import get_logger
@@ -28,7 +28,10 @@ from engine.sampling.controllers.aimd import (
 from engine.sampling.controllers.gate import AdmissionGate
 from engine.sampling.metrics import ServerMetrics
 
-_log = get_logger("sampling.concurrency")
+
+def _log() -> Any:
+    # Looked up per call: a logger bound at import would miss a later ``engine.log.configure``.
+    return get_logger("sampling.concurrency")
 
 
 @runtime_checkable
@@ -178,7 +181,9 @@ class AdaptiveConcurrencyController:
             return
         if metrics.prefill_queue_duration is None and not self._warned_no_pq:
             self._warned_no_pq = True
-            _log.info("prefill_queue_duration unavailable; using the status-code strategy for such attempts")
+            _log().info(
+                "prefill_queue_duration unavailable; using the status-code strategy for such attempts"
+            )
         obs = observation_from_metrics(metrics, in_flight=in_flight)
         with self._lock:
             self._state, decision = observe(self._policy, self._state, obs, self._clock())
@@ -194,7 +199,7 @@ class AdaptiveConcurrencyController:
                 self._policy, self._state, pending_decrease=self._gate.debt
             )
             self._apply(decision)
-        _log.info("adaptive concurrency step", **{k: round(v, 4) for k, v in summary.items()})
+        _log().info("adaptive concurrency step", **{k: round(v, 4) for k, v in summary.items()})
         return summary
 
     def _apply(self, decision: Decision) -> None:
@@ -203,7 +208,7 @@ class AdaptiveConcurrencyController:
         if new != self._gate.window:
             old = self._gate.window
             self._gate.resize(new)
-            _log.debug(
+            _log().debug(
                 "concurrency window",
                 old=old,
                 new=new,
