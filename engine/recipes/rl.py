@@ -1,0 +1,215 @@
+"""The RL recipe: group rollouts through the deployment, group-centred advantages, and an
+importance-sampling or PPO objective applied with ``forward_backward_custom``.
+
+Rollouts come only from the deployment (``DeploymentSampler``), never from trainer internals, and
+each one carries the policy version (the step whose snapshot the deployment served) and the
+snapshot identity the deployment reported for it, so staleness is visible in data.
+
+Objective, per completion token t of sample i with advantage A_i (reward minus its group's mean):
+ratio_t = exp(logp_t - logp_behaviour_t) where the behaviour logprob is the deployment's sampling
+logprob; ``importance_sampling``: -ratio_t * A_i; ``ppo``: -min(ratio_t * A_i, clip(ratio_t, 1-e,
+1+e) * A_i). The loss is the mean over all completion tokens of the batch. Extra per-sample data
+stays in the closure; the datums carry only ``target_tokens`` and ``weights`` (the custom-loss
+contract).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from engine.errors import FatalError
+from engine.recipes.tasks import Example, Task, score
+
+
+@dataclass(frozen=True)
+class Rollout:
+    prompt: str
+    prompt_tokens: tuple[int, ...]
+    completion_tokens: tuple[int, ...]
+    behaviour_logprobs: tuple[float | None, ...]
+    text: str
+    reward: float
+    advantage: float
+    policy_version: int
+    snapshot_identity: str | None
+
+
+@dataclass
+class RolloutBatch:
+    """The samples one training step consumes (volatile: a crashed step samples again)."""
+
+    step: int  # the step these rollouts will train
+    rollouts: list[Rollout]
+    policy_version: int
+    snapshot_identities: list[str | None] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def reward_mean(self) -> float:
+        return sum(r.reward for r in self.rollouts) / max(1, len(self.rollouts))
+
+
+def group_advantages(rewards: Sequence[float]) -> list[float]:
+    """GRPO-style centring (no std normalisation): a constant-reward group teaches nothing."""
+    mean = sum(rewards) / len(rewards)
+    return [r - mean for r in rewards]
+
+
+def prompt_tokens(tokenizer: Any, prompt: str) -> list[int]:
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return [int(t) for t in ids]
+
+
+def visible_text(tokenizer: Any, completion_tokens: Sequence[int]) -> str:
+    return str(tokenizer.decode(list(completion_tokens), skip_special_tokens=True))
+
+
+async def sample_groups(
+    sampler: Any,
+    tokenizer: Any,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    group_size: int,
+    max_tokens: int,
+    temperature: float,
+    policy_version: int,
+    beat: Callable[[str], None],
+) -> list[list[Rollout]]:
+    """One group of ``group_size`` samples per example, all in flight at once (the controller
+    admits them). Rewards are computed as groups complete; a bad reward fails the whole batch."""
+
+    async def one_group(index: int, example: Example) -> list[Rollout]:
+        prompt = prompt_tokens(tokenizer, example.prompt)
+        completions = await sampler.sample_with_prompt_tokens(
+            prompt, n=group_size, max_tokens=max_tokens, temperature=temperature
+        )
+        if len(completions) != group_size:
+            raise FatalError(f"deployment returned {len(completions)} of {group_size} samples for one group")
+        texts = [visible_text(tokenizer, c.completion_tokens) for c in completions]
+        rewards = [score(task, example.prompt, t) for t in texts]
+        advantages = group_advantages(rewards)
+        beat(f"group {index + 1}/{len(examples)} sampled")
+        return [
+            Rollout(
+                prompt=example.prompt,
+                prompt_tokens=tuple(c.full_tokens[: c.prompt_len]),
+                completion_tokens=tuple(c.completion_tokens),
+                behaviour_logprobs=tuple(c.sampling_logprobs),
+                text=text,
+                reward=reward,
+                advantage=adv,
+                policy_version=policy_version,
+                snapshot_identity=c.snapshot_identity,
+            )
+            for c, text, reward, adv in zip(completions, texts, rewards, advantages, strict=True)
+        ]
+
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(one_group(i, ex)) for i, ex in enumerate(examples)]
+    return [t.result() for t in tasks]
+
+
+async def collect(
+    sampler: Any,
+    tokenizer: Any,
+    task: Task,
+    *,
+    step: int,
+    seed: int,
+    prompts_per_step: int,
+    group_size: int,
+    max_tokens: int,
+    temperature: float,
+    policy_version: int,
+    beat: Callable[[str], None],
+) -> RolloutBatch:
+    started = time.monotonic()
+    examples = task.train_batch(step, prompts_per_step, seed)
+    groups = await sample_groups(
+        sampler,
+        tokenizer,
+        task,
+        examples,
+        group_size=group_size,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        policy_version=policy_version,
+        beat=beat,
+    )
+    rollouts = [r for g in groups for r in g]
+    return RolloutBatch(
+        step=step,
+        rollouts=rollouts,
+        policy_version=policy_version,
+        snapshot_identities=list(dict.fromkeys(r.snapshot_identity for r in rollouts)),
+        seconds=time.monotonic() - started,
+    )
+
+
+def build_datums(rollouts: Sequence[Rollout]) -> list[Any]:
+    """Next-token datums: input = tokens[:-1], targets = tokens[1:], weight 1 on completion tokens."""
+    from tinker import types
+
+    data = []
+    for r in rollouts:
+        tokens = list(r.prompt_tokens) + list(r.completion_tokens)
+        n_prompt = len(r.prompt_tokens)
+        weights = [0.0] * (n_prompt - 1) + [1.0] * len(r.completion_tokens)
+        data.append(
+            types.Datum(
+                model_input=types.ModelInput.from_ints(tokens[:-1]),
+                # tinker coerces lists to TensorData (int64 targets, float32 weights)
+                loss_fn_inputs=cast(Any, {"target_tokens": tokens[1:], "weights": weights}),
+            )
+        )
+    return data
+
+
+def make_loss(rollouts: Sequence[Rollout], kind: str, clip_epsilon: float) -> Any:
+    """The custom objective over ``rollouts`` (in datum order); see the module docstring."""
+    import torch
+
+    per_sample = [
+        (len(r.prompt_tokens) - 1, len(r.completion_tokens), r.advantage, r.behaviour_logprobs)
+        for r in rollouts
+    ]
+    n_tokens = max(1, sum(n for _, n, _, _ in per_sample))
+
+    def loss_fn(data: list[Any], logprobs_list: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        total = torch.zeros(())
+        clipped = 0.0
+        ratio_sum = 0.0
+        for (start, n, adv, behaviour), logprobs in zip(per_sample, logprobs_list, strict=True):
+            if n == 0:
+                continue
+            current = logprobs[start : start + n]
+            old = torch.tensor(
+                [
+                    b if b is not None and math.isfinite(b) else float(c)
+                    for b, c in zip(behaviour, current.tolist(), strict=True)
+                ],
+                dtype=current.dtype,
+            )
+            ratio = torch.exp(current - old)
+            objective = ratio * adv
+            if kind == "ppo":
+                bounded = torch.clamp(ratio, 1 - clip_epsilon, 1 + clip_epsilon) * adv
+                clipped += float((bounded < objective).sum())
+                objective = torch.minimum(objective, bounded)
+            total = total - objective.sum()
+            ratio_sum += float(ratio.detach().sum())
+        loss = total / n_tokens
+        metrics = {"objective": float(loss.detach()), "ratio_mean": ratio_sum / n_tokens}
+        if kind == "ppo":
+            metrics["clip_frac"] = clipped / n_tokens
+        return loss, metrics
+
+    return loss_fn
