@@ -124,6 +124,7 @@ class RestClient:
         self.retry_policy = retry_policy or RetryPolicy()
         self._account_id = account_id
         self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
         self._rng = random.Random()
 
     async def __aenter__(self) -> RestClient:
@@ -133,13 +134,23 @@ class RestClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
+        if (
+            self._session is not None
+            and not self._session.closed
+            and self._session_loop is asyncio.get_running_loop()
+        ):
             await self._session.close()
         self._session = None
 
     def _http(self) -> aiohttp.ClientSession:
-        # Created lazily: an aiohttp session must be born inside the running loop that uses it.
+        # Created lazily: an aiohttp session must be born inside the running loop that uses it. A
+        # caller that drives the manager from a new loop (asyncio.run per call) gets a new session;
+        # the old one belongs to a loop that is gone and cannot be closed from here.
+        loop = asyncio.get_running_loop()
+        if self._session is not None and self._session_loop is not loop:
+            self._session = None
         if self._session is None or self._session.closed:
+            self._session_loop = loop
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=256),
                 timeout=aiohttp.ClientTimeout(total=None),

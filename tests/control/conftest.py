@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -184,3 +185,34 @@ async def scripted() -> AsyncIterator[ScriptedServer]:
         yield server
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+def scripted_url_server() -> Iterator[str]:
+    """The scripted server on its own thread and loop, for tests that run several event loops."""
+    server = ScriptedServer()
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+    holder: dict[str, web.AppRunner] = {}
+
+    async def start() -> None:
+        runner = web.AppRunner(server.app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        server.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        holder["runner"] = runner
+        ready.set()
+
+    thread = threading.Thread(
+        target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True
+    )
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield server.url
+    finally:
+        asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -273,3 +273,24 @@ async def test_hotload_drops_reset_prompt_cache_when_the_gateway_rejects_it(
         await dm.hotload("dep", "tiny", "s1")
         await dm.hotload("dep", "tiny", "s2")
     assert [p["body"] for p in scripted.hotload_posts] == [{"identity": "s1"}, {"identity": "s2"}]
+
+
+async def test_reconnect_gives_up_on_a_job_stuck_in_a_transitional_state(
+    scripted: ScriptedServer, clock: FakeClock
+) -> None:
+    async with trainer_mgr(scripted, clock) as mgr:
+        await mgr.create(TrainerJobConfig(base_model="tiny", requested_job_id="job-s"))
+        scripted.job_states["job-s"] = Script("JOB_STATE_CANCELLING")
+        with pytest.raises(StuckError, match="stuck in JOB_STATE_CANCELLING"):
+            await mgr.reconnect_and_wait("job-s", poll_interval_s=10, max_wait_for_resumable_s=60)
+    assert scripted.resumes == 0 and sum(clock.sleeps) >= 60
+
+
+def test_manager_survives_a_new_event_loop_per_call(scripted_url_server: str) -> None:
+    import asyncio
+
+    mgr = TrainerJobManager(KEY, scripted_url_server)
+    # Fireworks users call asyncio.run per call; the manager must not reuse a dead loop's session.
+    assert asyncio.run(mgr.resolve_account_id()) == "acct"
+    assert asyncio.run(mgr.try_get("missing")) is None
+    asyncio.run(mgr.aclose())
