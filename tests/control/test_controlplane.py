@@ -227,3 +227,39 @@ async def test_child_that_fails_to_start_shows_failed_with_reason(
         with pytest.raises(TrainerJobFailedError) as info:
             await tm.wait_for_ready("job-bad", poll_interval_s=0.1, timeout_s=60)
     assert "exited with code 3" in str(info.value) and "refusing to start" in str(info.value)
+
+
+async def test_a_restarted_control_plane_restores_its_resources(tmp_path: Path) -> None:
+    async def serve(plane: ControlPlane) -> tuple[web.AppRunner, str]:
+        runner = web.AppRunner(build_app(plane, API_KEY))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    first = ControlPlane(tmp_path, child_argv=standin_argv, startup_timeout_s=60)
+    runner, url = await serve(first)
+    try:
+        async with TrainerJobManager(API_KEY, url) as tm, DeploymentManager(API_KEY, url) as dm:
+            kept = await tm.create(TrainerJobConfig(base_model="tiny", lora_rank=2, requested_job_id="kept"))
+            await tm.create(TrainerJobConfig(base_model="tiny", requested_job_id="gone"))
+            await dm.create_or_get(DeploymentConfig("dep-k", "tiny", hot_load_trainer_job=kept.job_name))
+            await tm.wait_for_ready("kept", poll_interval_s=0.1, timeout_s=60)
+            await tm.delete("gone")
+    finally:
+        await first.close()
+        await runner.cleanup()
+
+    second = ControlPlane(tmp_path, child_argv=standin_argv, startup_timeout_s=60)
+    runner, url = await serve(second)
+    try:
+        second.restore()
+        async with TrainerJobManager(API_KEY, url) as tm, DeploymentManager(API_KEY, url) as dm:
+            endpoint = await tm.reconnect_and_wait("kept", poll_interval_s=0.1, timeout_s=60)
+            assert endpoint.lora_rank == 2 and (await tm.get("kept"))["hotloop"]["restarts"] == 1
+            assert (await tm.get("gone"))["state"] == "JOB_STATE_DELETED"
+            ready = await dm.wait_for_ready("dep-k", poll_interval_s=0.1, timeout_s=60)
+            assert ready.hot_load_bucket_url == (tmp_path / "jobs" / "kept" / "bucket").as_uri()
+    finally:
+        await second.close()
+        await runner.cleanup()

@@ -44,6 +44,7 @@ async def serve(args: argparse.Namespace, root: Path) -> int:
     log = get_logger("controlplane.cli")
     api_key = "hl-" + secrets.token_urlsafe(24)
     plane = ControlPlane(root, default_model=args.model, startup_timeout_s=args.startup_timeout)
+    plane.restore()
     atexit.register(plane.kill_all_now)  # last resort if the loop dies without the clean path below
     runner = web.AppRunner(build_app(plane, api_key), handle_signals=False, access_log=None)
     await runner.setup()

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 import engine
+from engine.local.controlplane import store
 from engine.local.controlplane.resources import (
     ACCOUNT,
     MAX_LORA_RANK,
@@ -88,6 +89,20 @@ class ControlPlane:
             if record.child is not None:
                 record.child.kill_now()
 
+    def restore(self) -> None:
+        """Reload the records a previous control plane left in ``root`` and restart their processes
+        (same buckets, same state dirs); tombstoned jobs stay tombstones. Needs a running loop."""
+        for job in store.load_jobs(self.root):
+            self.jobs[job.job_id] = job
+            if job.state != "JOB_STATE_DELETED":
+                job.restarts += 1
+                self._start_trainer(job)
+        for dep in store.load_deployments(self.root):
+            self.deployments[dep.deployment_id] = dep
+            self._restart_deployment(dep, "CREATING")
+        if self.jobs or self.deployments:
+            log.info("restored resources", jobs=len(self.jobs), deployments=len(self.deployments))
+
     # -- trainer jobs -----------------------------------------------------------------------
     def job(self, job_id: str) -> JobRecord:
         record = self.jobs.get(job_id)
@@ -119,6 +134,7 @@ class ControlPlane:
         job.bucket.mkdir(parents=True, exist_ok=True)
         job.state_dir.mkdir(parents=True, exist_ok=True)
         self.jobs[job_id] = job
+        store.save_job(job)
         self._start_trainer(job)
         log.info("trainer job created", job_id=job_id, model=model, lora_rank=lora_rank)
         return 200, job
@@ -176,6 +192,7 @@ class ControlPlane:
             raise ApiError(412, f"rlorTrainerJob {job_id!r} is {job.state} and cannot be resumed")
         if job.state in RESUMABLE:
             job.restarts += 1
+            store.save_job(job)
             job.set_state(
                 "JOB_STATE_CREATING", "resuming: restarting trainer process with the same bucket and state"
             )
@@ -188,6 +205,7 @@ class ControlPlane:
         if job.state not in TOMBSTONES:
             job.generation += 1
             job.set_state("JOB_STATE_DELETING", "deleting")
+            store.save_job(job)  # the tombstone is durable at once
             self._spawn(self._finish_delete_job(job, job.child))
         return job
 
@@ -245,6 +263,7 @@ class ControlPlane:
         bucket.mkdir(parents=True, exist_ok=True)
         dep = DeploymentRecord(deployment_id, dep_dir, body, model, bucket)
         self.deployments[deployment_id] = dep
+        store.save_deployment(dep)
         self._restart_deployment(dep, "CREATING")
         log.info("deployment created", deployment_id=deployment_id, model=model, bucket=str(bucket))
         return 200, dep
@@ -319,6 +338,7 @@ class ControlPlane:
             1 if new_body.get("maxReplicaCount", 1) else 0
         )
         dep.body, dep.bucket = new_body, new_bucket
+        store.save_deployment(dep)
         if roll:
             new_bucket.mkdir(parents=True, exist_ok=True)
             self._restart_deployment(dep, "UPDATING")
@@ -329,6 +349,7 @@ class ControlPlane:
         if dep.state != "DELETING":
             dep.generation += 1
             dep.set_state("DELETING", "deleting")
+            store.forget_deployment(dep)
             self._spawn(self._finish_delete_deployment(dep, dep.child))
         return dep
 

@@ -1,0 +1,96 @@
+"""Durable records of jobs and deployments, so a restarted `hotloop up` on the same state dir finds
+them again (Fireworks jobs outlive their clients; here they outlive the control plane process).
+
+One small JSON file per resource, written atomically (temp file + rename) on every lifecycle change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from engine.local.controlplane.resources import DeploymentRecord, JobRecord
+from engine.log import get_logger
+
+log = get_logger("controlplane.store")
+JOB_FILE = "job.json"
+DEPLOYMENT_FILE = "deployment.json"
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def save_job(job: JobRecord) -> None:
+    deleted = job.state in ("JOB_STATE_DELETING", "JOB_STATE_DELETED")
+    _write(
+        job.job_dir / JOB_FILE,
+        {
+            "job_id": job.job_id,
+            "body": job.body,
+            "model": job.model,
+            "lora_rank": job.lora_rank,
+            "create_time": job.create_time,
+            "restarts": job.restarts,
+            "deleted": deleted,
+        },
+    )
+
+
+def save_deployment(dep: DeploymentRecord) -> None:
+    _write(
+        dep.dep_dir / DEPLOYMENT_FILE,
+        {
+            "deployment_id": dep.deployment_id,
+            "body": dep.body,
+            "model": dep.model,
+            "bucket": str(dep.bucket),
+            "create_time": dep.create_time,
+        },
+    )
+
+
+def forget_deployment(dep: DeploymentRecord) -> None:
+    (dep.dep_dir / DEPLOYMENT_FILE).unlink(missing_ok=True)
+
+
+def _load(paths: list[Path]) -> list[dict[str, Any]]:
+    rows = []
+    for path in sorted(paths):
+        try:
+            rows.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:  # a foreign or torn file must not stop the stack
+            log.warning("skipping unreadable record", path=str(path), error=str(exc))
+    return rows
+
+
+def load_jobs(root: Path) -> list[JobRecord]:
+    jobs = []
+    for row in _load(list(root.glob(f"jobs/*/{JOB_FILE}"))):
+        job = JobRecord(
+            row["job_id"], root / "jobs" / row["job_id"], row["body"], row["model"], row["lora_rank"]
+        )
+        job.create_time, job.restarts = row["create_time"], row["restarts"]
+        if row.get("deleted"):
+            job.set_state("JOB_STATE_DELETED", "deleted")
+        jobs.append(job)
+    return jobs
+
+
+def load_deployments(root: Path) -> list[DeploymentRecord]:
+    deps = []
+    for row in _load(list(root.glob(f"deployments/*/{DEPLOYMENT_FILE}"))):
+        dep_id = row["deployment_id"]
+        dep = DeploymentRecord(
+            dep_id, root / "deployments" / dep_id, row["body"], row["model"], Path(row["bucket"])
+        )
+        dep.create_time = row["create_time"]
+        deps.append(dep)
+    return deps
