@@ -247,6 +247,7 @@ class ControlPlane:
         hi = parse_int(body, "maxReplicaCount", "maxReplicaCount", default=1, lo=0, hi=100)
         if lo > hi:
             raise ApiError(400, f"minReplicaCount: {lo} exceeds maxReplicaCount {hi}")
+        body["minReplicaCount"], body["maxReplicaCount"] = lo, hi  # proto3 JSON may send strings
         if body.get("hotLoadTransitionType") not in (None, "ASYNC", "SYNC"):
             raise ApiError(
                 400, f"hotLoadTransitionType: must be ASYNC or SYNC, got {body['hotLoadTransitionType']!r}"
@@ -334,10 +335,9 @@ class ControlPlane:
                 new_body.pop(f, None)
         self._check_deployment_body(new_body)
         new_bucket = self._linked_bucket(new_body, dep.model, "hotLoadTrainerJob") or dep.dep_dir / "bucket"
-        roll = new_bucket != dep.bucket or dep.replicas_wanted != (
-            1 if new_body.get("maxReplicaCount", 1) else 0
-        )
+        was_wanted, old_bucket = dep.replicas_wanted, dep.bucket
         dep.body, dep.bucket = new_body, new_bucket
+        roll = new_bucket != old_bucket or dep.replicas_wanted != was_wanted
         store.save_deployment(dep)
         if roll:
             new_bucket.mkdir(parents=True, exist_ok=True)
