@@ -41,6 +41,7 @@ async def run(ctx: RunContext) -> State:
             snapshot_identity=identities[0] if len(identities) == 1 else identities,
             objective=out.metrics.get("objective"),
             sample_s=round(batch.seconds, 4),
+            window=ctx.stats.get("window"),
         )
         ctx.rollouts = None
     else:

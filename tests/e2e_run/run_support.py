@@ -1,0 +1,78 @@
+"""Configs and checks shared by the run-engine end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from engine.lifecycle.context import Connection
+
+
+def tiny_config(run_dir: Path, run_id: str, **overrides: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "recipe": "rl",
+        "model": "tiny",
+        "run_id": run_id,
+        "run_dir": str(run_dir),
+        "max_steps": 3,
+        "learning_rate": 1e-3,
+        "intervals": {"sync_every": 1, "eval_every": 2, "checkpoint_every": 1},
+        "rl": {"prompts_per_step": 2, "group_size": 4, "max_tokens": 4},
+        "sft": {"batch_size": 4},
+        "eval": {"prompts": 4, "samples_per_prompt": 1, "max_tokens": 4},
+        "limits": {"stall_s": 180, "ready_timeout_s": 300},
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def connection(stack: Any) -> Connection:
+    return Connection(base_url=stack.base_url, api_key=stack.api_key, account_id=stack.account_id)
+
+
+def remote(stack: Any) -> dict[str, Any]:
+    return {"kind": "remote", "base_url": stack.base_url, "api_key_env": "HOTLOOP_API_KEY"}
+
+
+def rows(run_dir: Path, name: str = "metrics.jsonl") -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / name).read_text().splitlines() if line.strip()]
+
+
+def journal(run_dir: Path) -> list[dict[str, Any]]:
+    return rows(run_dir, "journal.jsonl")
+
+
+async def served_identity(stack: Any, deployment_id: str) -> str | None:
+    """Ask the deployment (through the control plane's hot-load API) what it serves."""
+    from engine.control import DeploymentManager
+
+    async with DeploymentManager(stack.api_key, stack.base_url) as mgr:
+        await mgr.resolve_account_id()
+        status = await mgr.hotload_check_status(deployment_id, "tiny")
+    ident = status["replicas"][0].get("current_snapshot_identity")
+    return ident or None
+
+
+async def trainer_optimizer_steps(stack: Any, job_id: str, model_id: str) -> int:
+    """The trainer's own optimizer step counter for a model (hotloop extension endpoint)."""
+    from urllib.parse import quote
+
+    url = f"{stack.base_url}/training/v1/rlorTrainerJobs/{stack.account_id}/{job_id}/api/v1/hotloop/models/"
+    headers = {"Authorization": f"Bearer {stack.api_key}", "X-API-Key": f"tml-{stack.api_key}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(url + quote(model_id, safe=""), headers=headers) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        return int((await resp.json())["optimizer_steps"])
+
+
+def check_exactly_once(run_dir: Path, max_steps: int) -> list[dict[str, Any]]:
+    """Each step's row appears once, in order, and the trainer applied exactly one step per row."""
+    steps = [r for r in rows(run_dir) if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, max_steps + 1))
+    assert [r["optimizer_steps"] for r in steps] == list(range(1, max_steps + 1))
+    return steps

@@ -1,0 +1,90 @@
+"""The seed workflow through ``engine.run``: bootstrap, parallel waits, training steps, base then
+delta snapshots, verified syncs, sampling and evaluation through the deployment, metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from run_support import check_exactly_once, connection, journal, rows, served_identity, tiny_config
+
+from engine.api import run
+from engine.lifecycle import LifecycleEvent, State
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def test_rl_seed_workflow(run_stack: Any, tmp_path: Path) -> None:
+    run_dir = tmp_path / "rl"
+    events: list[LifecycleEvent] = []
+    summary = await run(
+        tiny_config(run_dir, "seed-rl"), connection=connection(run_stack), on_event=events.append
+    )
+    assert summary.status == "done" and summary.steps == 3
+
+    # The journal shows the lifecycle: requesting, waiting, baseline eval, then the loop.
+    entered = [r["state"] for r in journal(run_dir) if r["event"] == "enter"]
+    assert entered[:4] == ["requesting", "waiting", "evaluating", "sampling"]
+    assert entered.count("training") == 3 and entered.count("syncing") == 3
+    assert [e.state for e in events if e.kind == "enter"] == [State(s) for s in entered]
+    assert events[-1].kind == "done"
+
+    # Base first, then deltas against the previous snapshot; every sync verified.
+    ledger = rows(run_dir, "checkpoints.jsonl")
+    snaps = [r for r in ledger if r["kind"] == "snapshot"]
+    assert [s["checkpoint_type"] for s in snaps] == ["base", "delta", "delta"]
+    assert [s["parent"] for s in snaps[1:]] == [s["identity"] for s in snaps[:-1]]
+    syncs = [r for r in ledger if r["kind"] == "sync"]
+    assert [s["identity"] for s in syncs] == [s["identity"] for s in snaps]
+    assert [r["step"] for r in ledger if r["kind"] == "state"] == [1, 2, 3]
+
+    # Metrics: one row per step with policy version and snapshot identity; eval rows with the hash
+    # of the stored prompt set.
+    steps = check_exactly_once(run_dir, 3)
+    assert [s["policy_version"] for s in steps] == [0, 1, 2]  # sync every step: staleness 0
+    assert steps[0]["snapshot_identity"] is None  # sampled from the untouched base weights
+    assert [s["snapshot_identity"] for s in steps[1:]] == [s["identity"] for s in snaps[:2]]
+    evals = [r for r in rows(run_dir) if r["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 2, 3]
+    stored = (run_dir / "eval_prompts.jsonl").read_bytes()
+    assert {e["prompts_sha256"] for e in evals} == {hashlib.sha256(stored).hexdigest()}
+    assert evals[-1]["snapshot_identity"] == snaps[-1]["identity"]
+    assert all(0.0 <= e["score"] <= 1.0 for e in evals)
+
+    # The deployment ends on the final snapshot; summary.json says where everything is.
+    assert await served_identity(run_stack, "seed-rl-serving") == snaps[-1]["identity"]
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["steps"] == 3 and saved["run_dir"] == str(run_dir.resolve())
+    assert saved["eval_score_first"] == evals[0]["score"] and saved["eval_score_last"] == evals[-1]["score"]
+
+    # Running it again finds a finished run and does nothing.
+    before = journal(run_dir)
+    again = await run(tiny_config(run_dir, "seed-rl"), connection=connection(run_stack))
+    assert again.status == "done" and again.steps == 3 and again.generation == 1
+    assert journal(run_dir) == before
+
+
+async def test_sft_with_periodic_sync_and_eval(run_stack: Any, tmp_path: Path) -> None:
+    run_dir = tmp_path / "sft"
+    cfg = tiny_config(
+        run_dir,
+        "seed-rl",  # same trainer job and deployment as above: a new model, re-synced from step 0
+        recipe="sft",
+        max_steps=4,
+        intervals={"sync_every": 2, "eval_every": 2, "checkpoint_every": 2},
+    )
+    summary = await run(cfg, connection=connection(run_stack))
+    assert summary.status == "done" and summary.steps == 4
+    steps = check_exactly_once(run_dir, 4)
+    losses = [s["loss"] for s in steps]
+    assert losses[-1] < losses[0]
+    ledger = rows(run_dir, "checkpoints.jsonl")
+    assert [r["step"] for r in ledger if r["kind"] == "state"] == [2, 4]
+    # The deployment served the RL run's snapshot, not this run's base weights: sync before eval 0.
+    assert [(r["kind"], r["step"]) for r in ledger if r["kind"] in ("sync", "snapshot")] == [
+        ("snapshot", 0), ("sync", 0), ("snapshot", 2), ("sync", 2), ("snapshot", 4), ("sync", 4)
+    ]  # fmt: skip
+    assert [r["step"] for r in rows(run_dir) if r["kind"] == "eval"] == [0, 2, 4]
