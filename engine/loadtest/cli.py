@@ -253,7 +253,7 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
             f"{f(c['e2e_ms']['p50'])}/{f(c['e2e_ms']['p99'])}",
             f(lag, 2),
         )
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
     console.print(table)
     if summary.get("search"):
         s = summary["search"]

@@ -2,7 +2,8 @@
 
 The sampler's attempt function reports totals; a load test needs the time of every content chunk
 (TTFT, ITL) and must never retry (a retry would hide the failure and distort the schedule), so this
-module owns the timing loop and leaves SSE decoding and server-metrics parsing to engine.sampling.
+module owns the timing loop and leaves event decoding and server-metrics parsing to engine.sampling
+(through engine.loadtest.scan, which only fast-paths plain content deltas).
 (engine.sampling.stream_completion is not used as is: it requires token ids in the stream, which
 vLLM and SGLang do not send, and treats 404 as retryable "not ready", while a load test wants
 "wrong model" to stop the run.)
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +22,9 @@ import aiohttp
 
 from engine.loadtest.metrics import RequestRecord
 from engine.loadtest.prompts import Prompt
+from engine.loadtest.scan import StreamScanner
 from engine.sampling.errors import AttemptError, SamplingProtocolError
 from engine.sampling.metrics import SNAPSHOT_HEADER, ServerMetrics
-from engine.sampling.sse import CompletionAccumulator, SSEDecoder
 
 # Statuses a healthy server uses to push back; they never abort a run.
 PUSHBACK_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -64,6 +65,18 @@ class Target:
         return body
 
 
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request body serialized before the run (no JSON encoding on the hot path)."""
+
+    body: bytes
+    input_tokens: int
+
+
+def prepare(target: Target, prompts: Sequence[Prompt]) -> list[PreparedRequest]:
+    return [PreparedRequest(json.dumps(target.payload(p)).encode(), p.input_tokens) for p in prompts]
+
+
 def completions_url(base: str, endpoint: str | None) -> str:
     """Join a base URL and an endpoint path; a URL that already names a completions path is kept."""
     base = base.rstrip("/")
@@ -95,17 +108,17 @@ def _error_message(body: str) -> str:
 
 def is_fatal(rec: RequestRecord) -> bool:
     """A failure that repeating cannot fix (wrong model, bad URL, auth, unreachable host)."""
-    if rec.ok or rec.error_kind in (None, "cancelled", "timeout"):
+    if rec.ok or rec.error_kind is None:
         return False
-    if rec.http_status is not None:
+    if rec.error_kind.startswith("http_"):
         return rec.http_status not in PUSHBACK_STATUSES
-    return rec.error_kind == "connection"
+    return rec.error_kind in ("connection", "protocol_error")
 
 
 async def stream_one(
     session: aiohttp.ClientSession,
     target: Target,
-    prompt: Prompt,
+    prepared: PreparedRequest,
     rec: RequestRecord,
     t0: float,
     clock: Callable[[], float] = time.perf_counter,
@@ -115,11 +128,11 @@ async def stream_one(
     Returns the server metrics for the concurrency controller: parsed ones on success or on a
     push-back status, a transport-error record on connection failures, None otherwise.
     """
-    rec.input_tokens = prompt.input_tokens
+    rec.input_tokens = prepared.input_tokens
     rec.sent_s = clock() - t0
     try:
         async with asyncio.timeout(target.request_timeout_s):
-            return await _exchange(session, target, prompt, rec, t0, clock)
+            return await _exchange(session, target, prepared, rec, t0, clock)
     except TimeoutError:
         rec.error_kind, rec.error = "timeout", f"no complete response within {target.request_timeout_s:g}s"
         return None
@@ -140,12 +153,13 @@ async def stream_one(
 async def _exchange(
     session: aiohttp.ClientSession,
     target: Target,
-    prompt: Prompt,
+    prepared: PreparedRequest,
     rec: RequestRecord,
     t0: float,
     clock: Callable[[], float],
 ) -> ServerMetrics | None:
-    async with session.post(target.url, json=target.payload(prompt), headers=target.headers) as resp:
+    headers = {**target.headers, "Content-Type": "application/json"}
+    async with session.post(target.url, data=prepared.body, headers=headers) as resp:
         rec.http_status = resp.status
         if resp.status >= 400:
             body = await resp.text(errors="replace")
@@ -155,21 +169,22 @@ async def _exchange(
             if resp.status in PUSHBACK_STATUSES:
                 return ServerMetrics.from_headers(resp.headers, http_status_code=resp.status)
             return None
-        decoder = SSEDecoder()
-        acc = CompletionAccumulator()
+        scanner = StreamScanner()
+        acc = scanner.acc
         chunks = rec.chunk_s
         try:
             # Read to EOF even after [DONE] so the connection goes back to the pool.
             async for data in resp.content.iter_any():
-                if acc.done:
+                if scanner.done:
                     continue
-                for event in decoder.feed(data):
-                    if acc.feed_event(event):
-                        chunks.append(clock() - t0)
-            if not acc.done:
-                for event in decoder.close():
-                    if acc.feed_event(event):
-                        chunks.append(clock() - t0)
+                n = scanner.feed(data)
+                if n:
+                    now = clock() - t0
+                    chunks.extend([now] * n)  # events completed by the same read arrived together
+            if not scanner.done:
+                n = scanner.close()
+                if n:
+                    chunks.extend([clock() - t0] * n)
         except AttemptError as exc:  # an error event inside the stream
             rec.end_s = clock() - t0
             rec.error_kind, rec.error = "stream_error", target.redact(str(exc))

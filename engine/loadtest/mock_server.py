@@ -23,6 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
+STATE = web.AppKey("state", dict)
+
 
 @dataclass
 class MockConfig:
@@ -31,6 +33,7 @@ class MockConfig:
     ttft_s: float = 0.0
     token_delay_s: float = 0.0
     default_max_tokens: int = 16
+    api_key: str | None = None  # when set, requests need "Authorization: Bearer <key>"
 
 
 def _chunk(model: str, text: str, finish: str | None, **extra: object) -> bytes:
@@ -50,6 +53,8 @@ def make_app(cfg: MockConfig) -> web.Application:
 
     async def completions(request: web.Request) -> web.StreamResponse:
         t_arrive = time.perf_counter()
+        if cfg.api_key is not None and request.headers.get("Authorization") != f"Bearer {cfg.api_key}":
+            return web.json_response({"error": {"message": "invalid API key", "code": 401}}, status=401)
         try:
             body = await request.json()
         except ValueError:
@@ -109,7 +114,7 @@ def make_app(cfg: MockConfig) -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/inference/v1/completions", completions)
     app.router.add_get("/v1/models", models)
-    app["state"] = state
+    app[STATE] = state
     return app
 
 

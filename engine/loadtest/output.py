@@ -1,4 +1,4 @@
-"""Writing a run's results: requests.jsonl as requests finish, summary.json and report.html at the end.
+"""Writing a run's results: requests.jsonl after each cell, summary.json and report.html at the end.
 
 ``finish`` is called on every exit path (success, abort, bad input, Ctrl-C), so whatever was
 measured before a failure is always on disk, and the summary's counts are computed from exactly
@@ -56,6 +56,7 @@ class RunOutput:
         self.targets = targets
         self.cells: list[CellResult] = []
         self._rows: list[dict[str, Any]] = []
+        self._pending: list[RequestRecord] = []
         out_dir.mkdir(parents=True, exist_ok=True)
         self._fh: IO[str] | None = (out_dir / "requests.jsonl").open("w", encoding="utf-8")
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -65,13 +66,16 @@ class RunOutput:
         return result
 
     def add(self, rec: RequestRecord) -> None:
-        r = _clean(row(rec, self.targets))
-        self._rows.append(r)
-        if self._fh is not None:
-            self._fh.write(json.dumps(r) + "\n")
+        """Keep a finished request; it is serialized at the next flush, not on the hot path."""
+        self._pending.append(rec)
 
     def flush(self) -> None:
+        """Append the pending rows to requests.jsonl (called between cells and at the end)."""
+        rows = [_clean(row(rec, self.targets)) for rec in self._pending]
+        self._pending.clear()
+        self._rows.extend(rows)
         if self._fh is not None:
+            self._fh.write("".join(json.dumps(r) + "\n" for r in rows))
             self._fh.flush()
 
     def cell_summaries(self) -> list[dict[str, Any]]:
@@ -97,6 +101,7 @@ class RunOutput:
         cells: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Close requests.jsonl and write summary.json and report.html; returns the summary."""
+        self.flush()
         if self._fh is not None:
             self._fh.close()
             self._fh = None

@@ -13,6 +13,7 @@ server's metrics when it ends; latency counts from the send, which is what a clo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,13 +22,11 @@ from typing import Any, Protocol
 import aiohttp
 
 from engine.errors import HotloopError
-from engine.loadtest.client import Target, is_fatal, stream_one
+from engine.loadtest.client import PreparedRequest, Target, is_fatal, prepare, stream_one
 from engine.loadtest.metrics import RequestRecord
 from engine.loadtest.prompts import Prompt
 from engine.loadtest.schedules import AdaptiveLoad, ClosedLoop, LoadSpec, OpenLoop, intended_offsets
 from engine.log import get_logger
-
-log = get_logger("loadtest.runner")
 
 
 class RunAborted(HotloopError):
@@ -123,6 +122,7 @@ class CellRunner:
     on_record: Callable[[RequestRecord], None] | None = None
     abort_policy: Callable[[], AbortPolicy] = AbortPolicy
     clock: Callable[[], float] = time.perf_counter
+    _prepared: list[PreparedRequest] | None = field(default=None, init=False, repr=False)
 
     async def run(
         self, load: LoadSpec, label: str | None = None, index_base: int = 0, result: CellResult | None = None
@@ -138,7 +138,11 @@ class CellRunner:
         t0 = self.clock()
         controller: Controller | None = None
 
-        async def one(rec: RequestRecord, prompt: Prompt) -> None:
+        if self._prepared is None:
+            self._prepared = prepare(self.target, self.prompts)
+        prepared = self._prepared
+
+        async def one(rec: RequestRecord, prompt: PreparedRequest) -> None:
             nonlocal in_flight
             metrics: Any = None
             in_flight += 1
@@ -162,7 +166,7 @@ class CellRunner:
                     self.on_record(rec)
 
         def spawn(i: int, intended: float | None) -> None:
-            prompt = self.prompts[(index_base + i) % len(self.prompts)]
+            prompt = prepared[(index_base + i) % len(prepared)]
             rec = RequestRecord(index=index_base + i, cell=result.label, sent_s=0.0, intended_s=intended)
             if controller is not None:
                 rec.window = controller.window_size
@@ -176,13 +180,11 @@ class CellRunner:
                 result.planned = len(offsets)
                 for i, off in enumerate(offsets):
                     delay = t0 + off - self.clock()
-                    if delay > 0:
-                        # wake early on abort; a timeout here is the normal path
-                        try:
-                            async with asyncio.timeout(delay):
-                                await stop.wait()
-                        except TimeoutError:
-                            pass
+                    if 0 < delay <= 0.25:
+                        await asyncio.sleep(delay)  # the common case: one timer, no extra future
+                    elif delay > 0:  # a long gap: wake at once on abort
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), delay)
                     if stop.is_set():
                         break
                     spawn(i, off)
@@ -196,17 +198,18 @@ class CellRunner:
                     remaining = None if deadline is None else deadline - self.clock()
                     if remaining is not None and remaining <= 0:
                         break
-                    try:
-                        async with asyncio.timeout(remaining):
-                            await controller.acquire()
-                    except TimeoutError:
-                        break
+                    # fast path without a timer when a slot is free (one timer per request adds up)
+                    if not (hasattr(controller, "try_acquire") and controller.try_acquire()):
+                        try:
+                            async with asyncio.timeout(remaining):
+                                await controller.acquire()
+                        except TimeoutError:
+                            break
                     if stop.is_set():
                         controller.release(None)
                         break
                     spawn(i, None)
                     i += 1
-                    await asyncio.sleep(0)  # let the request start before taking the next slot
             await self._drain(tasks)
         finally:
             for task in tasks:
@@ -215,7 +218,10 @@ class CellRunner:
                 await asyncio.gather(*tasks, return_exceptions=True)
         result.records.sort(key=lambda r: r.index)
         if result.aborted:
-            log.warning("loadtest.cell_aborted", cell=result.label, reason=result.aborted)
+            # looked up at use: a bound logger keeps the stderr of the moment it was made
+            get_logger("loadtest.runner").warning(
+                "loadtest.cell_aborted", cell=result.label, reason=result.aborted
+            )
         return result
 
     async def _drain(self, tasks: set[asyncio.Task[None]]) -> None:

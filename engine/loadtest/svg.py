@@ -118,10 +118,10 @@ def render(chart: Chart) -> str:
             f'stroke-dasharray="6 4"/><text x="{W - MR - 4}" y="{py(y) - 4:.1f}" text-anchor="end" '
             f'font-size="11" fill="#d62728">{escape(label)}</text>'
         )
-    for m in chart.markers:
+    for k, m in enumerate(chart.markers):
         parts.append(
             f'<line x1="{px(m.x):.1f}" x2="{px(m.x):.1f}" y1="{MT}" y2="{MT + ph}" stroke="{m.color}" '
-            f'stroke-dasharray="4 3" stroke-width="1.5"/><text x="{px(m.x) + 4:.1f}" y="{MT + 12}" '
+            f'stroke-dasharray="4 3" stroke-width="1.5"/><text x="{px(m.x) + 4:.1f}" y="{MT + 12 + 13 * k}" '
             f'font-size="11" fill="{m.color}">{escape(m.label)}</text>'
         )
     clip = "clip-" + hashlib.sha1(chart.name.encode()).hexdigest()[:12]

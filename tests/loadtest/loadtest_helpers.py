@@ -29,10 +29,15 @@ class ThreadedMockServer:
         self.runner, self.url = asyncio.run_coroutine_threadsafe(start(self.cfg), self.loop).result(30)
         return self
 
+    def stop_serving(self) -> None:
+        """Close the listener and every connection (a server that goes away mid-run)."""
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), self.loop).result(30)
+
     def __exit__(self, *exc: object) -> None:
         try:
-            if self.runner is not None:
-                asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+            self.stop_serving()
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(30)
@@ -64,3 +69,12 @@ def assert_counts_match(summary: dict[str, Any], rows: list[dict[str, Any]]) -> 
         assert sum(cell["errors_by_kind"].values()) == cell["failed"]
         assert cell["ttft_ms"]["count"] == sum(1 for r in mine if r["ok"] and r["ttft_ms"] is not None)
     assert {r["cell"] for r in rows} <= {c["label"] for c in summary["cells"]}
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
