@@ -89,6 +89,40 @@ async def test_calls_execute_in_submission_order_and_snapshots_chain(
         await session.close()
 
 
+async def test_explicit_parent_and_lora_sessions(
+    trainer: Any, make_datum: Callable[[list[int]], tinker.Datum]
+) -> None:
+    data = [make_datum([1, 6, 12, 18, 24, 2])]
+    full = await TrainingSession.connect(trainer.url, KEY, "tiny", session_tag="cafe0003")
+    try:
+        a = await full.save_weights_for_sampler("a", "base")
+        await full.forward_backward_custom(data, nll)
+        await full.optim_step(ADAM)
+        await full.save_weights_for_sampler("b", "base")
+        await full.forward_backward_custom(data, nll)
+        await full.optim_step(ADAM)
+        # Not the default parent (the last snapshot, b): the one named in the request.
+        c = await full.save_weights_for_sampler("c", "delta", a.snapshot_name)
+        assert c.parent_snapshot_identity == "a-cafe0003"
+        assert snapshot.read_manifest(trainer.bucket, "c-cafe0003").parent == "a-cafe0003"
+        _, c_state = snapshot.materialize(trainer.bucket, "c-cafe0003")
+        _, b_state = snapshot.materialize(trainer.bucket, "b-cafe0003")
+        assert any(not torch.equal(c_state[k], b_state[k]) for k in b_state)
+    finally:
+        await full.close()
+
+    lora = await TrainingSession.connect(trainer.url, KEY, "tiny", lora_rank=4)
+    try:
+        assert lora.lora_rank == 4
+        await lora.forward_backward_custom(data, nll)
+        await lora.optim_step(ADAM)
+        snap = await lora.save_weights_for_sampler("lora", "delta")
+        assert snap.checkpoint_type == "base"  # LoRA snapshots are merged full weights
+        assert snapshot.read_manifest(trainer.bucket, snap.snapshot_name).kind == "base"
+    finally:
+        await lora.close()
+
+
 async def test_save_state_and_resume_with_optimizer(
     trainer: Any, make_datum: Callable[[list[int]], tinker.Datum]
 ) -> None:
