@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from e2e_support import MODEL, served_identity, train_steps, trainer_logprobs
 
+from engine.errors import FatalError
 from engine.sampling import AdaptiveConcurrencyController, DeploymentSampler
 from engine.training import TrainingSession
 from engine.weights import WeightSyncer
@@ -27,6 +28,10 @@ async def test_seed_bootstrap(stack: Any, seed_env: Any) -> None:
         assert trainer_wait.start < deploy_wait.end and deploy_wait.start < trainer_wait.end
         assert b.deployment is not None and b.deployment.state in ("READY", "CREATING")
         assert b.endpoint.base_url.endswith(f"/training/v1/rlorTrainerJobs/{stack.account_id}/{b.job_id}")
+
+        # A client whose LoRA rank differs from the job's gets the gateway's message, at once.
+        with pytest.raises(FatalError, match="lora_rank mismatch"):
+            await TrainingSession.connect(b.endpoint.base_url, stack.api_key, MODEL, lora_rank=8)
 
         session = await TrainingSession.connect(b.endpoint.base_url, stack.api_key, MODEL, lora_rank=0)
         tokenizer = session.tokenizer
