@@ -263,3 +263,22 @@ async def test_a_restarted_control_plane_restores_its_resources(tmp_path: Path) 
     finally:
         await second.close()
         await runner.cleanup()
+
+
+async def test_reattach_points_a_deployment_at_a_new_trainer_bucket(cp: Plane, tmp_path: Path) -> None:
+    async with cp.trainers() as tm, cp.deployments() as dm:
+        old = await tm.create(TrainerJobConfig(base_model="tiny", requested_job_id="old-job"))
+        new = await tm.create(TrainerJobConfig(base_model="tiny", requested_job_id="new-job"))
+        await dm.create_or_get(DeploymentConfig("dep-r", "tiny", hot_load_trainer_job=old.job_name))
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(dm.wait_for_ready("dep-r", poll_interval_s=0.1, timeout_s=60))
+            tg.create_task(tm.wait_for_ready("old-job", poll_interval_s=0.1, timeout_s=60))
+        first_pid = (await dm.get("dep-r")).raw["hotloop"]["pid"]  # type: ignore[union-attr]
+        info = await dm.reattach_trainer(
+            "dep-r", trainer_job_name=new.job_name, poll_interval_s=0.1, hot_load_transition_type="SYNC"
+        )
+        assert info.hot_load_trainer_job == new.job_name and info.hot_load_transition_type == "SYNC"
+        assert info.hot_load_bucket_url == (tmp_path / "jobs" / "new-job" / "bucket").as_uri()
+        assert info.raw["hotloop"]["pid"] not in (None, first_pid)  # the serving process was rolled
+        with pytest.raises(ControlPlaneError, match=r"hotLoadTrainerJob: trainer job .*missing.* not found"):
+            await dm.reattach_trainer("dep-r", trainer_job_name="accounts/local/rlorTrainerJobs/missing")
