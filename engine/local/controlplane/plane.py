@@ -185,6 +185,7 @@ class ControlPlane:
             job.url = None
             job.set_state("JOB_STATE_FAILED", f"trainer process {child.exit_reason()}")
             log.warning("trainer process died", job_id=job.job_id, reason=job.message)
+            await child.stop()  # sweep anything the dead trainer left in its process group
 
     def resume_job(self, job_id: str) -> JobRecord:
         job = self.job(job_id)
@@ -311,6 +312,7 @@ class ControlPlane:
             dep.url = None
             dep.set_state("FAILED", f"deployment process {child.exit_reason()}")
             log.warning("deployment process died", deployment_id=dep.deployment_id, reason=dep.message)
+            await child.stop()
 
     def patch_deployment(self, deployment_id: str, body: dict[str, Any], mask: list[str]) -> DeploymentRecord:
         dep = self.deployment(deployment_id)
