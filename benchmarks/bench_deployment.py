@@ -148,7 +148,8 @@ def compare_transformers(model_name: str, requests: int, prompt_len: int, max_to
 
     from engine.local.deployment.engine import BatchRunner
     from engine.local.deployment.sampling import SamplingParams
-    from engine.local.deployment.scheduler import RequestHandle, Scheduler, SeqSpec
+    from engine.local.deployment.scheduler import Scheduler
+    from engine.local.deployment.state import RequestHandle, SeqSpec
     from engine.local.models import load_model, load_tokenizer
 
     torch.set_num_threads(1)

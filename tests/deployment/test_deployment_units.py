@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from engine.local.deployment.detok import TextTracker
 from engine.local.deployment.engine import BatchRunner, sequence_logprobs
 from engine.local.deployment.sampling import SamplingParams, choose_tokens, processed_logprobs
-from engine.local.deployment.scheduler import SeqSpec, finish_reason, plan_admission
+from engine.local.deployment.scheduler import finish_reason, plan_admission
+from engine.local.deployment.state import SeqSpec
 from engine.local.models import load_model, load_tokenizer
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from engine.local.deployment.sampling import SamplingParams
-from engine.local.deployment.scheduler import SeqSpec
+from engine.local.deployment.state import SeqSpec
 
 MAX_N = 64
 MAX_TOP_LOGPROBS = 20

@@ -21,7 +21,8 @@ from engine.local.deployment.engine import BatchRunner
 from engine.local.deployment.hotload import HotLoadBusyError, HotLoader
 from engine.local.deployment.metrics import DeploymentMetrics
 from engine.local.deployment.responses import CompletionBuilder
-from engine.local.deployment.scheduler import QueueFullError, RequestHandle, Scheduler, Update
+from engine.local.deployment.scheduler import Scheduler
+from engine.local.deployment.state import QueueFullError, RequestHandle, Update
 from engine.log import get_logger
 
 log = get_logger(__name__)
@@ -204,11 +205,17 @@ async def _stream(
     response.headers.update(builder.headers(final=False))
     await response.prepare(request)
     await _write(response, first)
-    while not builder.done:
-        updates = await _next(handle)
-        for u in updates:
-            _observe(dep, builder, u)
-        await _write(response, builder.chunks(updates))
+    try:
+        while not builder.done:
+            updates = await _next(handle)
+            for u in updates:
+                _observe(dep, builder, u)
+            await _write(response, builder.chunks(updates))
+    except _EngineFailure as exc:  # headers are out: report in-band, as OpenAI-style servers do
+        error = {"error": {"message": str(exc), "type": "server_error", "code": 500}}
+        await response.write(f"event: error\ndata: {json.dumps(error)}\n\n".encode())
+        await response.write_eof()
+        return response
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response

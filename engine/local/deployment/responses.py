@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.local.deployment.api import CompletionPlan
-from engine.local.deployment.scheduler import Timing, TokenOut, Update
+from engine.local.deployment.state import Timing, TokenOut, Update
 
 PERF_KEYS_UP_FRONT = (
     "prefill-queue-duration",
@@ -117,9 +117,10 @@ class CompletionBuilder:
         if t is None or t.scheduled is None or t.prefill_done is None:
             return {}
         end = self.end_timing or t
+        first_decode = end.first_decode if end.first_decode is not None else t.first_decode
         out: dict[str, float | int] = {
             "prefill-queue-duration": t.scheduled - t.arrival,
-            "generation-queue-duration": (t.first_decode - t.prefill_done) if t.first_decode else 0.0,
+            "generation-queue-duration": (first_decode - t.prefill_done) if first_decode else 0.0,
             "server-time-to-first-token": t.prefill_done - t.arrival,
             "prompt-tokens": len(self.plan.prompt_ids),
             "cached-prompt-tokens": 0,  # no prefix cache: every prompt is prefilled
