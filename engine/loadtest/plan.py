@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,8 +114,36 @@ def load_prompts(args: argparse.Namespace) -> list[Prompt]:
 def execute(
     plan: Plan, args: argparse.Namespace, target: Target, prompts: list[Prompt], output: RunOutput
 ) -> tuple[str, str | None, dict[str, Any] | None]:
-    """Run the plan; returns (status, error, search summary). Records land in ``output`` as they finish."""
-    return asyncio.run(run_plan(plan, args, target, prompts, output))
+    """Run the plan; returns (status, error, search summary). Records land in ``output`` as they finish.
+
+    SIGTERM stops the run like Ctrl-C does: in-flight requests are cancelled and recorded, and the
+    caller writes everything measured so far.
+    """
+
+    async def guarded() -> tuple[str, str | None, dict[str, Any] | None]:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        terminated = False
+
+        def on_term() -> None:
+            nonlocal terminated
+            terminated = True
+            if task is not None:
+                task.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+            loop.add_signal_handler(signal.SIGTERM, on_term)
+        try:
+            return await run_plan(plan, args, target, prompts, output)
+        except asyncio.CancelledError:
+            if not terminated:
+                raise
+            return "interrupted", "terminated by SIGTERM", None
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGTERM)
+
+    return asyncio.run(guarded())
 
 
 async def run_plan(
