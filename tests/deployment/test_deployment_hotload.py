@@ -62,6 +62,8 @@ async def test_base_then_two_deltas_serve_exactly_those_weights(
         assert replica["current_snapshot_identity"] == identity
         await _check_logprobs(session, server, reference_model(tiny_model_dir, state), identity)
         previous = identity
+    replica = await hot_load(session, server.url, "step-2", previous="step-1")  # a retry: no-op
+    assert replica["loading_state"]["stage"] == "idle" and replica["current_snapshot_identity"] == "step-2"
     assert [e["identity"] for e in replica["ledger"]] == ["step-0", "step-1", "step-2"]
     assert [e["kind"] for e in replica["ledger"]] == ["base", "delta", "delta"]
 

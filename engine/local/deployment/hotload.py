@@ -89,6 +89,9 @@ class HotLoader:
         """Start loading ``req.identity`` in the background; poll ``status()`` for the outcome."""
         if self.loading:
             raise HotLoadBusyError(f"hot-load of {self.target!r} is in progress")
+        if req.identity == self.current_identity:  # a retried request: already serving it
+            self.stage, self.target, self.error = "idle", req.identity, None
+            return
         self.stage, self.target, self.error = "loading", req.identity, None
         self._task = asyncio.create_task(self._load(req), name=f"hot-load {req.identity}")
 
