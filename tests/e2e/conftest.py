@@ -16,11 +16,9 @@ import pytest_asyncio
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any]:
+    from engine.local.stack import EmbeddedStack
+
     root: Path = tmp_path_factory.mktemp("stack")
-    try:
-        from engine.local.stack import EmbeddedStack
-    except ImportError:  # TEMPORARY until engine.local.stack lands
-        from _tmp_stack import UpProcess as EmbeddedStack  # type: ignore[no-redef]
     async with EmbeddedStack(root) as s:
         yield s
 
