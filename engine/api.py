@@ -158,7 +158,7 @@ async def _execute(
     generation = resume.generation + 1
     await asyncio.to_thread(rd.store_eval_prompts, eval_rows, eval_sha)
     await asyncio.to_thread(rd.rebuild_derived, resume)
-    journal = Journal(rd.journal_path)
+    journal = await asyncio.to_thread(Journal, rd.journal_path)  # may fsync: off the loop
     ctx = RunContext(
         config=config,
         run_dir=rd,
@@ -216,7 +216,7 @@ async def _execute(
             finally:
                 await asyncio.shield(ctx.aclose(delete_resources=not config.keep_resources))
     finally:
-        journal.close()
+        await asyncio.to_thread(journal.close)
         summary = summarize(
             rd, status, started, generation, run_id=run_id, served_identity=ctx.served_identity, error=error
         )

@@ -1,0 +1,65 @@
+"""Embedding: two runs in one event loop (asyncio debug mode), one cancelled, the other finishes,
+and no callback blocks the loop for more than 100 ms."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from run_support import check_exactly_once, connection, journal, tiny_config
+
+from engine.api import start
+from engine.control import TrainerJobManager
+from engine.lifecycle import State
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def test_two_runs_one_loop_cancel_one(
+    run_stack: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    loop = asyncio.get_running_loop()
+    debug, slow = loop.get_debug(), loop.slow_callback_duration
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.1
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    try:
+        a = start(
+            tiny_config(tmp_path / "a", "emb-a", keep_resources=False), connection=connection(run_stack)
+        )
+        b = start(tiny_config(tmp_path / "b", "shared", max_steps=2), connection=connection(run_stack))
+        seen_b: list[State] = []
+        b.bus.add_callback(lambda e: seen_b.append(e.state) if e.kind == "enter" else None)
+        # Cancel A while it has requests in flight (waiting for its trainer) and B is running.
+        async for event in a.events():
+            if event.kind == "enter" and event.state is State.WAITING:
+                await asyncio.sleep(0.5)
+                assert not b.task.done()
+                a.cancel()
+                break
+        with pytest.raises(asyncio.CancelledError):
+            await a.wait()
+        summary = await b.wait()
+    finally:
+        loop.set_debug(debug)
+        loop.slow_callback_duration = slow
+
+    assert summary.status == "done" and summary.steps == 2
+    check_exactly_once(tmp_path / "b", 2)
+    assert State.TRAINING in seen_b
+
+    # A's journal is consistent: it says where the run was cancelled, and summary.json says so too.
+    last = journal(tmp_path / "a")[-1]
+    assert last["event"] == "cancelled" and last["state"] == "waiting"
+    assert '"status": "cancelled"' in (tmp_path / "a" / "summary.json").read_text()
+    # keep_resources: false -> A's trainer job was deleted on cancellation.
+    async with TrainerJobManager(run_stack.api_key, run_stack.base_url) as mgr:
+        await mgr.resolve_account_id()
+        job = await mgr.try_get("emb-a-trainer")
+    assert job is None or job["state"] in ("JOB_STATE_DELETING", "JOB_STATE_DELETED")
+
+    blocking = [r.getMessage() for r in caplog.records if r.name == "asyncio" and "took" in r.getMessage()]
+    assert not blocking, blocking
