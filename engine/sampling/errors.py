@@ -32,6 +32,9 @@ class AttemptError(RetryableError):
         self.status = status
         self.metrics = metrics
         """What the concurrency controller observes for this attempt (None: free the slot only)."""
+        self.attempts = 0
+        """Set by the retry owner when it gives up: attempts made for the logical request."""
+        self.gave_up: Literal["exhausted", "not_found"] | None = None
 
 
 class SamplingStatusError(FatalError):

@@ -9,7 +9,7 @@ deployment and anything in between.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,17 +17,6 @@ SNAPSHOT_HEADER = "x-hotloop-snapshot-identity"
 """Response header naming the weights snapshot that served the request (hotloop contract)."""
 
 _REQUEST_ID_KEYS = ("x-request-id", "x-fireworks-request-id", "cf-ray")
-
-
-def _lower(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {str(k).lower(): v for k, v in (mapping or {}).items()}
-
-
-def _lookup(merged: Mapping[str, Any], key: str) -> Any:
-    value = merged.get(key)
-    if value is None:
-        value = merged.get("fireworks-" + key)
-    return value
 
 
 def _as_float(value: Any) -> float | None:
@@ -47,6 +36,43 @@ def _as_int(value: Any) -> int | None:
 
 def _as_str(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
+
+
+_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "prefill-queue-duration": ("prefill_queue_duration", _as_float),
+    "generation-queue-duration": ("generation_queue_duration", _as_float),
+    "num-concurrent-requests": ("num_concurrent_requests", _as_int),
+    "server-time-to-first-token": ("server_time_to_first_token", _as_float),
+    "cached-prompt-tokens": ("cached_prompt_tokens", _as_int),
+    "prompt-tokens": ("prompt_tokens", _as_int),
+    "server-processing-time": ("server_processing_time", _as_float),
+    "tokenizer-queue-duration": ("tokenizer_queue_duration", _as_float),
+    "tokenizer-duration": ("tokenizer_duration", _as_float),
+    "prefill-duration": ("prefill_duration", _as_float),
+    "generation-duration": ("generation_duration", _as_float),
+    "backend-host": ("backend_host", _as_str),
+    "deployment": ("deployment", _as_str),
+    "pod-template-hash": ("pod_template_hash", _as_str),
+}
+_PREFIX = "fireworks-"
+
+
+def _collect(mapping: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """One pass over a mapping: (bare metric keys, fireworks- prefixed ones, other keys), lowercased."""
+    bare: dict[str, Any] = {}
+    prefixed: dict[str, Any] = {}
+    other: dict[str, Any] = {}
+    for key, value in (mapping or {}).items():
+        if value is None:
+            continue
+        k = str(key).lower()
+        if k in _FIELDS:
+            bare[k] = value
+        elif k.startswith(_PREFIX) and k[len(_PREFIX) :] in _FIELDS:
+            prefixed[k[len(_PREFIX) :]] = value
+        else:
+            other[k] = value
+    return bare, prefixed, other
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,27 +112,19 @@ class ServerMetrics:
         **client: Any,
     ) -> ServerMetrics:
         """Parse headers merged with ``perf_metrics`` (which wins); ``client`` sets client-side fields."""
-        merged = {**_lower(headers), **_lower(perf_metrics)}
-        request_id = next((str(merged[k]) for k in _REQUEST_ID_KEYS if merged.get(k) is not None), None)
-        return cls(
-            prefill_queue_duration=_as_float(_lookup(merged, "prefill-queue-duration")),
-            generation_queue_duration=_as_float(_lookup(merged, "generation-queue-duration")),
-            num_concurrent_requests=_as_int(_lookup(merged, "num-concurrent-requests")),
-            server_time_to_first_token=_as_float(_lookup(merged, "server-time-to-first-token")),
-            cached_prompt_tokens=_as_int(_lookup(merged, "cached-prompt-tokens")),
-            prompt_tokens=_as_int(_lookup(merged, "prompt-tokens")),
-            server_processing_time=_as_float(_lookup(merged, "server-processing-time")),
-            tokenizer_queue_duration=_as_float(_lookup(merged, "tokenizer-queue-duration")),
-            tokenizer_duration=_as_float(_lookup(merged, "tokenizer-duration")),
-            prefill_duration=_as_float(_lookup(merged, "prefill-duration")),
-            generation_duration=_as_float(_lookup(merged, "generation-duration")),
-            backend_host=_as_str(_lookup(merged, "backend-host")),
-            deployment=_as_str(_lookup(merged, "deployment")),
-            pod_template_hash=_as_str(_lookup(merged, "pod-template-hash")),
-            request_id=request_id,
-            snapshot_identity=_as_str(merged.get(SNAPSHOT_HEADER)),
-            **client,
-        )
+        h_bare, h_prefixed, h_other = _collect(headers)
+        p_bare, p_prefixed, p_other = _collect(perf_metrics)
+        # Same precedence as merging {**headers, **perf_metrics} and then looking each key up bare first,
+        # then with the prefix: any bare key beats any prefixed one; within a kind perf_metrics wins.
+        found = {**h_prefixed, **p_prefixed, **h_bare, **p_bare}
+        other = {**h_other, **p_other}
+        fields: dict[str, Any] = {}
+        for key, value in found.items():
+            name, convert = _FIELDS[key]
+            fields[name] = convert(value)
+        request_id = next((str(other[k]) for k in _REQUEST_ID_KEYS if other.get(k) is not None), None)
+        snapshot = _as_str(other.get(SNAPSHOT_HEADER))
+        return cls(request_id=request_id, snapshot_identity=snapshot, **fields, **client)
 
     def with_client(self, **client: Any) -> ServerMetrics:
         """A copy with client-side fields set (``client_ttft``, ``retry_attempt``, ...)."""

@@ -1,7 +1,7 @@
 """DeploymentSampler: token-in/token-out sampling through a deployment's completions API.
 
-``n`` samples are ``n`` concurrent ``n=1`` streaming requests, each with its own retry owner (tenacity,
-policy in ``retry.py``) and one stable ``x-request-id`` across its attempts. Every attempt is admitted by
+``n`` samples are ``n`` concurrent ``n=1`` streaming requests, each with its own retry owner (policy
+and loop in ``retry.py``) and one stable ``x-request-id`` across its attempts. Every attempt is admitted by
 the concurrency controller and releases its slot exactly once, with the attempt's ``ServerMetrics``
 (also on error and cancellation). Defaults ask for the full distribution (``top_p=1``, ``top_k=0``) so
 RL rollouts are on-policy, and for ``raw_output`` token ids, logprobs and ``perf_metrics``.
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from tenacity import RetryCallState
 
 from engine.errors import ConfigError, StuckError
 from engine.log import get_logger
@@ -30,7 +29,7 @@ from engine.sampling.errors import (
     SamplingTimeoutError,
 )
 from engine.sampling.metrics import ServerMetrics
-from engine.sampling.retry import RetryPolicy, build_retrying
+from engine.sampling.retry import RetryPolicy, retry_attempts
 from engine.sampling.stream import StreamResult, stream_completion
 
 
@@ -103,6 +102,7 @@ class DeploymentSampler:
         self._own_session: aiohttp.ClientSession | None = None
         self._own_loop: asyncio.AbstractEventLoop | None = None
         self._extra_headers = dict(additional_headers or {})
+        self._base_headers: dict[str, str] | None = None
         self.retry_policy = retry_policy or RetryPolicy()
         self._admission_timeout_s = admission_timeout_s
         self._sleep = sleep
@@ -146,14 +146,13 @@ class DeploymentSampler:
         return self._own_session
 
     def headers(self, request_id: str) -> dict[str, str]:
-        headers = {
-            "Authorization": f"Bearer {self._api_key}",
-            "X-Api-Key": self._api_key,
-            "x-request-id": request_id,
-        }
-        lowered = {k.lower() for k in self._extra_headers}
-        headers = {k: v for k, v in headers.items() if k.lower() not in lowered}
-        headers.update(self._extra_headers)
+        """Request headers; caller-supplied ``additional_headers`` override the defaults by name."""
+        if self._base_headers is None:
+            base = {"Authorization": f"Bearer {self._api_key}", "X-Api-Key": self._api_key}
+            lowered = {k.lower() for k in self._extra_headers}
+            base = {k: v for k, v in base.items() if k.lower() not in lowered}
+            self._base_headers = {**base, **self._extra_headers}
+        headers = {"x-request-id": request_id, **self._base_headers}
         return headers
 
     def build_payload(
@@ -184,6 +183,9 @@ class DeploymentSampler:
         return payload
 
     async def _admit(self) -> None:
+        try_acquire = getattr(self._controller, "try_acquire", None)
+        if try_acquire is not None and try_acquire():
+            return  # a free slot: no timer needed
         try:
             async with asyncio.timeout(self._admission_timeout_s):
                 await self._controller.acquire()
@@ -269,6 +271,11 @@ class DeploymentSampler:
         if stop is not None:
             kwargs["stop"] = self._stop_strings(stop)
         payload = self.build_payload(prompt, max_tokens=max_tokens, temperature=temperature, **kwargs)
+        if n == 1:  # no fan-out: skip the task machinery
+            results = [await self._request(payload, prompt)]
+            if max_seq_len is not None:
+                results = [r for r in results if len(r.full_tokens) <= max_seq_len]
+            return results
         tasks = [asyncio.ensure_future(self._request(payload, prompt)) for _ in range(n)]
         try:
             results = await asyncio.gather(*tasks)
@@ -295,30 +302,26 @@ class DeploymentSampler:
     async def _request(self, payload: Mapping[str, Any], prompt: list[int]) -> SampledCompletion:
         request_id = uuid.uuid4().hex
 
-        def log_retry(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome is not None else None
+        def log_retry(number: int, exc: AttemptError, delay: float) -> None:
             _log().warning(
                 "sampling attempt failed; retrying",
                 request_id=request_id,
-                attempt=state.attempt_number,
-                kind=getattr(exc, "kind", None),
-                status=getattr(exc, "status", None),
+                attempt=number,
+                kind=exc.kind,
+                status=exc.status,
                 error=str(exc)[:300],
-                sleep_s=round(state.upcoming_sleep, 3),
+                sleep_s=round(delay, 3),
             )
 
-        retrying, not_found = build_retrying(
-            self.retry_policy, rng=self._rng, sleep=self._sleep, before_sleep=log_retry
-        )
-        result: StreamResult | None = None
-        attempts = 0
+        async def attempt(number: int) -> StreamResult:
+            return await self.stream_once(payload, request_id=request_id, attempt=number)
+
         try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    result = await self.stream_once(payload, request_id=request_id, attempt=attempts)
+            result, attempts = await retry_attempts(
+                self.retry_policy, attempt, rng=self._rng, sleep=self._sleep, on_retry=log_retry
+            )
         except AttemptError as exc:
-            if exc.status == 404 and not_found.seen >= not_found.limit:
+            if exc.gave_up == "not_found":
                 raise SamplingStatusError(404, str(exc), request_id=request_id) from exc
             note = getattr(self._controller, "note_retry_exhausted", None)
             if callable(note):
@@ -327,13 +330,12 @@ class DeploymentSampler:
             cls = SamplingTimeoutError if timeout_like else SamplingExhaustedError
             raise cls(
                 request_id=request_id,
-                attempts=attempts,
+                attempts=exc.attempts,
                 last_kind=exc.kind,
                 last_status=exc.status,
                 last_message=str(exc),
                 model=self.model,
             ) from exc
-        assert result is not None
         return self._completion(result, prompt, payload, request_id, attempts)
 
     def _completion(

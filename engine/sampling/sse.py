@@ -2,17 +2,25 @@
 
 Pure and synchronous, so the parsing rules are unit tested without a server. The decoder follows the
 SSE framing: ``event:``/``data:`` fields, a blank line (or the end of the stream) dispatches, ``:``
-lines are comments. Keep-alive events (ping, heartbeat, keepalive) are dropped.
+lines are comments; CRLF line ends are accepted (a lone CR as line end is not). Keep-alive events
+(ping, heartbeat, keepalive) are dropped.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.sampling.errors import AttemptError, SamplingProtocolError
+
+try:  # orjson comes with tinker (a hotloop dependency) and decodes chunks ~3x faster
+    import orjson
+
+    loads: Callable[[str], Any] = orjson.loads
+except ImportError:  # pragma: no cover
+    loads = json.loads
 
 DONE = "[DONE]"
 IGNORED_EVENTS = frozenset({"ping", "heartbeat", "keepalive", "keep-alive"})
@@ -20,61 +28,50 @@ FINISH_REASONS = frozenset({"stop", "length", "tool_calls"})
 _TRANSIENT_UPSTREAM = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
+class SSEEvent(NamedTuple):
     event: str
     data: str
 
 
 class SSEDecoder:
-    """Feed raw bytes as they arrive; iterate the complete events."""
+    """Feed raw bytes as they arrive; get back the events they complete."""
 
     def __init__(self) -> None:
         self._buffer = b""
-        self._event = ""
-        self._data: list[str] = []
 
-    def feed(self, chunk: bytes) -> Iterator[SSEEvent]:
-        lines = (self._buffer + chunk).split(b"\n")
-        self._buffer = lines.pop()  # the unterminated tail waits for more bytes
-        for raw in lines:
-            event = self._line(raw.rstrip(b"\r").decode("utf-8", errors="replace"))
-            if event is not None:
-                yield event
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        # Hot path (every chunk of every stream): split on blank lines, so each piece is one whole
+        # event, and take the common single ``data:`` line event without per-line parsing.
+        buf = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        blocks = buf.split(b"\n\n")
+        self._buffer = blocks.pop()  # an incomplete event waits for more bytes
+        out: list[SSEEvent] = []
+        for block in blocks:
+            if block.startswith(b"data: ") and b"\n" not in block:
+                out.append(SSEEvent("message", block[6:].decode("utf-8", errors="replace")))
+            elif block:
+                self._general(block, out)
+        return out
 
-    def close(self) -> Iterator[SSEEvent]:
-        """Flush a final unterminated line and event at end of stream."""
-        if self._buffer:
-            event = self._line(self._buffer.rstrip(b"\r").decode("utf-8", errors="replace"))
-            self._buffer = b""
-            if event is not None:
-                yield event
-        event = self._dispatch()
-        if event is not None:
-            yield event
+    def close(self) -> list[SSEEvent]:
+        """End of stream: dispatch a last event that had no blank line after it."""
+        rest, self._buffer = self._buffer.strip(b"\n"), b""
+        return self.feed(rest + b"\n\n") if rest else []
 
-    def _line(self, line: str) -> SSEEvent | None:
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            self._data.append(value)
-            return None
-        if name == "event":
-            self._event = value.strip()
-            return None
-        return None  # id:, retry: and unknown fields carry nothing we use
-
-    def _dispatch(self) -> SSEEvent | None:
-        event, data = self._event or "message", "\n".join(self._data)
-        had = bool(self._data) or event == "error"
-        self._event, self._data = "", []
-        if not had or event in IGNORED_EVENTS:
-            return None
-        return SSEEvent(event, data)
+    @staticmethod
+    def _general(block: bytes, out: list[SSEEvent]) -> None:
+        event, data = "message", []
+        for line in block.split(b"\n"):
+            if line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+            elif line.startswith(b"event:"):
+                event = line[6:].strip().decode("utf-8", errors="replace") or "message"
+            # ":" comments, id:, retry: and unknown fields carry nothing we use
+        if (data or event == "error") and event not in IGNORED_EVENTS:
+            out.append(SSEEvent(event, b"\n".join(data).decode("utf-8", errors="replace")))
 
 
 def _error_message(obj: Any) -> tuple[str, int | None]:
@@ -107,46 +104,53 @@ class CompletionAccumulator:
         """Apply one event; True if it carried completion content (text or tokens)."""
         if self.done:
             return False  # anything after [DONE] is not part of this completion
-        if event.event == "error":
-            message, status = _error_message(_loads_or_text(event.data))
+        name, data = event
+        if name == "error":
+            message, status = _error_message(_loads_or_text(data))
             raise upstream_error(message, status)
-        if event.data.strip() == DONE:
+        if len(data) < 16 and data.strip() == DONE:
             self.done = True
             return False
         try:
-            chunk = json.loads(event.data)
-        except json.JSONDecodeError as exc:
-            raise SamplingProtocolError(f"stream chunk is not JSON: {event.data[:200]!r}") from exc
+            chunk = loads(data)
+        except ValueError as exc:  # json's and orjson's decode errors are ValueErrors
+            raise SamplingProtocolError(f"stream chunk is not JSON: {data[:200]!r}") from exc
         if not isinstance(chunk, dict):
-            raise SamplingProtocolError(f"stream chunk is not a JSON object: {event.data[:200]!r}")
+            raise SamplingProtocolError(f"stream chunk is not a JSON object: {data[:200]!r}")
         return self.feed_chunk(chunk)
 
     def feed_chunk(self, chunk: dict[str, Any]) -> bool:
         if chunk.get("error") is not None:
             message, status = _error_message(chunk)
             raise upstream_error(message, status)
-        self.response_id = chunk.get("id") or self.response_id
-        for key in ("usage", "perf_metrics"):
-            if isinstance(chunk.get(key), dict):
-                setattr(self, key, chunk[key])
+        response_id = chunk.get("id")
+        if response_id:
+            self.response_id = response_id
+        # The tail fields ride on the final chunk only: membership tests keep token chunks cheap.
+        if "usage" in chunk and isinstance(chunk["usage"], dict):
+            self.usage = chunk["usage"]
+        if "perf_metrics" in chunk and isinstance(chunk["perf_metrics"], dict):
+            self.perf_metrics = chunk["perf_metrics"]
         if chunk.get("snapshot_identity"):
             self.snapshot_identity = str(chunk["snapshot_identity"])
         content = False
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
-            if choice.get("text"):
-                self.text_parts.append(choice["text"])
+            text = choice.get("text")
+            if text:
+                self.text_parts.append(text)
                 content = True
             logprobs = choice.get("logprobs")
-            if isinstance(logprobs, dict):
-                if logprobs.get("content"):
-                    self.entries.extend(logprobs["content"])
+            if logprobs:
+                entries = logprobs.get("content")
+                if entries:
+                    self.entries.extend(entries)
                     content = True
                 elif logprobs.get("token_logprobs"):
                     self.token_logprobs.extend(logprobs["token_logprobs"])
             raw = choice.get("raw_output")
-            if isinstance(raw, dict):
+            if raw:
                 if raw.get("completion_token_ids") is not None:
                     self.raw_chunks.append([int(t) for t in raw["completion_token_ids"]])
                     content = True
@@ -195,8 +199,8 @@ def _opt_float(value: Any) -> float | None:
 
 def _loads_or_text(data: str) -> Any:
     try:
-        return json.loads(data)
-    except json.JSONDecodeError:
+        return loads(data)
+    except ValueError:
         return data
 
 

@@ -16,6 +16,7 @@ content chunks, end-to-end latency), or raises:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +32,11 @@ from engine.sampling.sse import CompletionAccumulator, SSEDecoder
 
 _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 _ERROR_BODY_LIMIT = 4096
+
+
+@functools.lru_cache(maxsize=16)
+def _client_timeout(idle_timeout_s: float | None) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_read=idle_timeout_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +133,10 @@ async def stream_completion(
             gaps.append(now - last_content)
         last_content = now
 
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=idle_timeout_s)
+    timeout = _client_timeout(idle_timeout_s)
     try:
         async with asyncio.timeout(timeout_s):
-            async with session.post(url, json=payload, headers=dict(headers), timeout=timeout) as resp:
+            async with session.post(url, json=payload, headers=headers, timeout=timeout) as resp:
                 status, resp_headers = resp.status, resp.headers
                 await _raise_for_status(resp, retry_attempt)
                 # Read to EOF even after [DONE] so the connection goes back to the pool.
@@ -189,7 +195,9 @@ async def stream_completion(
         usage=usage,
         snapshot_identity=snapshot,
         response_id=acc.response_id,
-        metrics=metrics.with_client(snapshot_identity=snapshot),
+        metrics=metrics
+        if metrics.snapshot_identity == snapshot
+        else metrics.with_client(snapshot_identity=snapshot),
         status=status,
         client_ttft_s=first,
         inter_chunk_s=tuple(gaps),
