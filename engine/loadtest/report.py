@@ -137,18 +137,28 @@ def _cell_charts(cell: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[s
             )
         )
     charts.append(over)
-    buckets: dict[int, int] = defaultdict(int)
-    for r in ok:
-        buckets[int(r["end_s"])] += 1
-    if buckets:
-        ts = list(range(0, max(buckets) + 1))
+    ends = [r["end_s"] for r in ok]
+    if ends:
+        # ~40 bins over the run (at least 0.1 s each), as a rate
+        width = max(0.1, max(ends) / 40)
+        counts: dict[int, int] = defaultdict(int)
+        for t in ends:
+            counts[int(t / width)] += 1
+        bins = range(max(counts) + 1)
         charts.append(
             Chart(
                 f"throughput-time:{name}",
                 f"Completions per second — {name}",
                 "time (s)",
                 "req/s",
-                [Series("completed", ts, [buckets.get(t, 0) for t in ts], style="step")],
+                [
+                    Series(
+                        f"completed ({width:.2g} s bins)",
+                        [b * width for b in bins],
+                        [counts.get(b, 0) / width for b in bins],
+                        style="step",
+                    )
+                ],
             )
         )
     series = cell["window"].get("series") or []
@@ -172,16 +182,30 @@ def _cell_charts(cell: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[s
     return [render(c) for c in charts]
 
 
+def _groups(cells: list[dict[str, Any]], searched: bool) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """(suffix, style, cells): with a search, sweep cells draw as lines and search probes as points."""
+    if not searched:
+        return [("", "line", cells)]
+    sweep = [c for c in cells if c["label"].startswith("sweep ")]
+    probes = [c for c in cells if c["label"].startswith("search ")]
+    return [g for g in ((" (sweep)", "line", sweep), (" (search probes)", "points", probes)) if g[2]]
+
+
+def _pts(cells: list[dict[str, Any]], getter: Any) -> tuple[list[float], list[float]]:
+    pairs = [(c["load"]["value"], getter(c)) for c in cells]
+    pairs = [(a, b) for a, b in pairs if b is not None]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
 def _load_charts(summary: dict[str, Any]) -> list[str]:
     cells = [c for c in summary["cells"] if c["load"]["kind"] in ("rate", "concurrency")]
     if len(cells) < 2:
         return []
-    kinds = {c["load"]["kind"] for c in cells}
     out = []
     search = summary.get("search") or {}
-    for kind in sorted(kinds):
+    targets = summary.get("goodput_targets") or {}
+    for kind in sorted({c["load"]["kind"] for c in cells}):
         cs = sorted((c for c in cells if c["load"]["kind"] == kind), key=lambda c: c["load"]["value"])
-        x = [c["load"]["value"] for c in cs]
         markers = []
         if search.get("kind") == kind:
             if search.get("answer") is not None:
@@ -190,29 +214,50 @@ def _load_charts(summary: dict[str, Any]) -> list[str]:
                 markers.append(
                     Marker(search["sweep_answer"], f"sweep: {search['sweep_answer']:g}", "#9467bd")
                 )
-
-        def pts(getter: Any, cs: list[dict[str, Any]] = cs) -> tuple[list[float], list[float]]:
-            pairs = [(c["load"]["value"], getter(c)) for c in cs]
-            pairs = [(a, b) for a, b in pairs if b is not None]
-            return [a for a, _ in pairs], [b for _, b in pairs]
-
         tp = Chart(f"throughput-vs-load:{kind}", f"Throughput vs {kind}", kind, "requests/s", markers=markers)
-        tp.series.append(Series("request throughput", *pts(lambda c: c["request_throughput"])))
-        tp.series.append(Series("goodput", *pts(lambda c: c["goodput"]["requests_per_s"])))
-        if kind == "rate":
-            tp.series.append(Series("offered rate", x, x, color="#bbb"))
         tok = Chart(f"tokens-vs-load:{kind}", f"Output tokens/s vs {kind}", kind, "tokens/s", markers=markers)
-        tok.series.append(Series("output tok/s", *pts(lambda c: c["output_token_throughput"])))
         lat = Chart(f"latency-vs-load:{kind}", f"Latency vs {kind}", kind, "ms", markers=markers)
-        for key, label in (("ttft_ms", "TTFT"), ("e2e_ms", "E2E")):
-            for p in ("p50", "p99"):
-                lat.series.append(Series(f"{label} {p}", *pts(lambda c, k=key, q=p: (c[k] or {}).get(q))))
-        targets = summary.get("goodput_targets") or {}
+        good = Chart(
+            f"good-vs-load:{kind}", f"Requests meeting the targets vs {kind}", kind, "% good", markers=markers
+        )
+        for suffix, style, group in _groups(cs, search.get("kind") == kind):
+            tp.series.append(
+                Series("throughput" + suffix, *_pts(group, lambda c: c["request_throughput"]), style)
+            )
+            tp.series.append(
+                Series("goodput" + suffix, *_pts(group, lambda c: c["goodput"]["requests_per_s"]), style)
+            )
+            tok.series.append(
+                Series("output tok/s" + suffix, *_pts(group, lambda c: c["output_token_throughput"]), style)
+            )
+            for key, label in (("ttft_ms", "TTFT"), ("e2e_ms", "E2E")):
+                for p in ("p50", "p99"):
+                    lat.series.append(
+                        Series(
+                            f"{label} {p}{suffix}",
+                            *_pts(group, lambda c, k=key, q=p: (c[k] or {}).get(q)),
+                            style,
+                        )
+                    )
+            frac = _pts(
+                group, lambda c: None if c["goodput"]["fraction"] is None else c["goodput"]["fraction"] * 100
+            )
+            good.series.append(Series("good %" + suffix, *frac, style))
+        if kind == "rate":
+            x = [c["load"]["value"] for c in cs]
+            tp.series.append(Series("offered rate", x, x, color="#bbb"))
+        if search.get("min_good_fraction") is not None:
+            good.hline = (
+                search["min_good_fraction"] * 100,
+                f"pass line {search['min_good_fraction'] * 100:g}%",
+            )
         if targets.get("e2e_ms") is not None:
             lat.hline = (targets["e2e_ms"], f"E2E target {targets['e2e_ms']:g} ms")
         elif targets.get("ttft_ms") is not None:
             lat.hline = (targets["ttft_ms"], f"TTFT target {targets['ttft_ms']:g} ms")
         out += [render(tp), render(tok), render(lat)]
+        if any(v is not None for v in targets.values()):
+            out.append(render(good))
     return out
 
 

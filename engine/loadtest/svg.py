@@ -121,7 +121,8 @@ def render(chart: Chart) -> str:
     for k, m in enumerate(chart.markers):
         parts.append(
             f'<line x1="{px(m.x):.1f}" x2="{px(m.x):.1f}" y1="{MT}" y2="{MT + ph}" stroke="{m.color}" '
-            f'stroke-dasharray="4 3" stroke-width="1.5"/><text x="{px(m.x) + 4:.1f}" y="{MT + 12 + 13 * k}" '
+            f'stroke-dasharray="4 3" stroke-width="1.5"/>'
+            f'<text x="{px(m.x) + 4:.1f}" y="{MT + ph - 6 - 13 * k}" '
             f'font-size="11" fill="{m.color}">{escape(m.label)}</text>'
         )
     clip = "clip-" + hashlib.sha1(chart.name.encode()).hexdigest()[:12]
@@ -145,7 +146,8 @@ def render(chart: Chart) -> str:
             parts.append("</g>")
         elif s.style == "points":
             parts.append(f'<g fill="{color}" fill-opacity="0.6" class="series">')
-            parts.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.2"/>' for x, y in pts)
+            r = 4 if len(pts) <= 40 else 2.2
+            parts.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="{r}"/>' for x, y in pts)
             parts.append("</g>")
         else:
             if s.style == "step":
@@ -170,6 +172,13 @@ def render(chart: Chart) -> str:
         )
     # series are clipped to the plot area; the legend is drawn on top of them
     parts.append("</g>")
+    if legend:
+        width = 22 + 6.2 * max(len(s.name) for s in chart.series)
+        legend.insert(
+            0,
+            f'<rect x="{ML + 3}" y="{MT + 3}" width="{width:.0f}" height="{14 * len(chart.series) + 6}" '
+            'fill="#fff" fill-opacity="0.8"/>',
+        )
     return "".join(parts + legend) + "</svg>"
 
 
