@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -25,23 +26,23 @@ def nll(data: list[tinker.Datum], logprobs: list[torch.Tensor]) -> tuple[torch.T
     return loss, {"nll": float(loss.item())}
 
 
-async def test_connect_keeps_the_loop_running(trainer: Any) -> None:
-    ticks = 0
-    done = asyncio.Event()
+async def test_connect_builds_the_tinker_session_off_the_loop(
+    trainer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tinker.lib import internal_client_holder
 
-    async def ticker() -> None:
-        nonlocal ticks
-        while not done.is_set():
-            ticks += 1
-            await asyncio.sleep(0)
+    built_on: list[int] = []
+    original = internal_client_holder.InternalClientHolder.__init__
 
-    task = asyncio.create_task(ticker())
+    def recording_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        built_on.append(threading.get_ident())  # the blocking part: 3 round trips in __init__
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(internal_client_holder.InternalClientHolder, "__init__", recording_init)
+    loop_thread = threading.get_ident()
     session = await TrainingSession.connect(trainer.url, KEY, "tiny", session_tag="cafe0001")
-    done.set()
-    await task
     try:
-        # The blocking session setup ran in a worker thread: the loop kept scheduling the ticker.
-        assert ticks > 1
+        assert built_on and loop_thread not in built_on
         assert session.lora_rank == 0 and session.base_model == "tiny"
         assert session.tokenizer.eos_token_id == 2
         info = await session.trainer_info()
