@@ -36,7 +36,7 @@ class Intervals(_Model):
     eval_every: int = Field(
         default=5, ge=0, description="evaluate through the deployment every k steps; 0: never"
     )
-    checkpoint_every: int = Field(default=1, ge=1, description="save the full training state every k steps")
+    checkpoint_every: int = Field(default=5, ge=1, description="save the full training state every k steps")
     full_snapshot_every: int = Field(default=20, ge=1, description="a base snapshot every k deltas")
 
 
@@ -125,7 +125,7 @@ class RunConfig(_Model):
     reward: str | None = Field(default=None, description="'module:function' overriding the task's reward")
     run_id: str | None = Field(default=None, description="default: derived from the run directory name")
     run_dir: Path | None = Field(default=None, description="default: ./runs/<recipe>-<task>-<time>")
-    max_steps: int = Field(default=30, ge=0)
+    max_steps: int = Field(default=20, ge=0)
     learning_rate: float = Field(default=1e-3, gt=0)
     lora_rank: int = Field(default=0, ge=0)
     seed: int = 0
