@@ -43,7 +43,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--request-timeout", type=float, default=600.0, metavar="S")
     p = parser.add_argument_group("prompts")
     p.add_argument("--prompts", type=Path, help="JSONL file (prompt | prompt_token_ids | messages)")
-    p.add_argument("--tokenizer", default="tiny", help="local tokenizer directory or embedded model name")
+    p.add_argument(
+        "--tokenizer",
+        default="tiny",
+        help="local tokenizer directory or embedded model name; must match the served model for text prompts",
+    )
     p.add_argument("--input-tokens", type=int, default=128)
     p.add_argument("--output-tokens", type=int, default=32, help="max_tokens (default for JSONL lines too)")
     p.add_argument("--input-spread", type=float, default=0.0, help="uniform +- fraction of --input-tokens")
@@ -260,4 +264,9 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
         console.print(
             f"search answer ({s['kind']}): {s.get('answer')}  sweep answer: {s.get('sweep_answer')}"
         )
+    loops = {c["loop"] for c in summary["cells"]}
+    if "closed" in loops:
+        console.print("closed loop: latency measured from each request's send (a slot frees, then it starts)")
+    if "open" in loops:
+        console.print("open loop: latency measured from each request's intended start; lag = send - intended")
     console.print(f"results: {out_dir}/summary.json, requests.jsonl, report.html")

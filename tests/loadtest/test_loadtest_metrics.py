@@ -3,6 +3,7 @@ summaries, schedules, the search stepper and chart ticks."""
 
 from __future__ import annotations
 
+import io
 import statistics
 
 import numpy as np
@@ -175,3 +176,19 @@ def test_chart_ticks_cover_the_data() -> None:
     svg = render(Chart("x", "T", "x", "y", [Series("s", [1.0, 2.0], [3.0, 4.0])]))
     assert svg.startswith("<svg") and 'data-plot="x"' in svg and "polyline" in svg
     assert "no data" in render(Chart("e", "Empty", "x", "y"))
+
+
+def test_live_progress_renders_counts_latencies_and_errors() -> None:
+    from rich.console import Console
+
+    from engine.loadtest.progress import LiveProgress
+
+    console = Console(record=True, width=100, file=io.StringIO())
+    progress = LiveProgress(enabled=False, console=console)
+    progress.start_cell("rate=5", planned=3, target_rate=5.0)
+    progress.on_record(_rec(intended_s=0.0, sent_s=0.01, first_token_s=0.1, end_s=0.2, output_tokens=2))
+    progress.on_record(_rec(intended_s=0.2, sent_s=0.2, end_s=0.3, ok=False, error_kind="http_503"))
+    console.print(progress.render())
+    text = console.export_text()
+    assert "finished" in text and "2/3" in text and "target 5" in text
+    assert "http_503: 1" in text and "p50 100.0" in text  # TTFT from the intended start

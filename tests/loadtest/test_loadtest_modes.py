@@ -23,7 +23,7 @@ COMMON = [
 ]
 
 MODES = {
-    "concurrency": (["--concurrency", "2", "--requests", "4"], 1, "closed"),
+    "concurrency": (["--concurrency", "2", "--requests", "4", "--warmup", "1"], 1, "closed"),
     "rate": (["--rate", "4", "--arrival", "gamma", "--burstiness", "0.5", "--requests", "4"], 1, "open"),
     "adaptive": (["--adaptive", "--initial-window", "2", "--requests", "4"], 1, "closed"),
     "sweep-concurrency": (["--sweep-concurrency", "1,2", "--requests", "3"], 2, "closed"),
