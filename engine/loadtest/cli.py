@@ -37,7 +37,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the API key (Bearer)")
     t.add_argument("--header", action="append", default=[], metavar="'K: V'", help="extra request header")
-    t.add_argument("--extra-body", default=None, metavar="JSON", help="extra JSON fields for every request")
+    t.add_argument(
+        "--extra-body",
+        default=None,
+        metavar="JSON",
+        help="extra JSON fields for every request (null removes a default field)",
+    )
     t.add_argument("--temperature", type=float, default=1.0)
     t.add_argument("--ignore-eos", action="store_true", help="ask the server to generate max_tokens exactly")
     t.add_argument("--request-timeout", type=float, default=600.0, metavar="S")

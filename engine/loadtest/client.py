@@ -62,7 +62,8 @@ class Target:
         if self.ignore_eos:
             body["ignore_eos"] = True
         body.update(self.extra_body)
-        return body
+        # null in --extra-body removes a default field, for servers that reject unknown ones
+        return {k: v for k, v in body.items() if v is not None}
 
 
 @dataclass(frozen=True)

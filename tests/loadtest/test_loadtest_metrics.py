@@ -192,3 +192,16 @@ def test_live_progress_renders_counts_latencies_and_errors() -> None:
     text = console.export_text()
     assert "finished" in text and "2/3" in text and "target 5" in text
     assert "http_503: 1" in text and "p50 100.0" in text  # TTFT from the intended start
+
+
+def test_request_body_and_urls() -> None:
+    from engine.loadtest.client import Target, completions_url
+    from engine.loadtest.prompts import Prompt
+
+    assert completions_url("http://h:1/", None) == "http://h:1/inference/v1/completions"
+    assert completions_url("http://h:1", "/v1/completions") == "http://h:1/v1/completions"
+    assert completions_url("http://h:1/v1/completions", None) == "http://h:1/v1/completions"
+    body = Target("u", "m", extra_body={"stream_options": None, "top_k": 0}).payload(Prompt([5, 6], 3))
+    assert body["prompt"] == [5, 6] and body["max_tokens"] == 3 and body["stream"] is True
+    assert "stream_options" not in body and body["top_k"] == 0 and body["perf_metrics_in_response"] is True
+    assert Target("u", "m", secret="k3y").redact("bad key k3y") == "bad key ***"
