@@ -54,9 +54,9 @@ class Progress:
             rec = event.record
             row = rec.get("row") or {}
             if rec["kind"] == "step":
-                self.values.update(
-                    step=row.get("step"), reward=row.get("reward_mean"), window=row.get("window")
-                )
+                window = row.get("window")
+                self.values.update(step=row.get("step"), reward=row.get("reward_mean"))
+                self.values["window"] = None if window is None else int(window)
                 self.values["train s"] = row.get("train_s")
             elif rec["kind"] == "eval":
                 self.values["eval score"] = row.get("score")
