@@ -1,5 +1,5 @@
 """`hotloop serve trainer` as a real subprocess: the shared tinker contract probe passes against it,
-it exits 0 on SIGTERM, and a restarted process resumes from the first one's save_state."""
+and it exits 0 on SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,9 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import tinker
-
-from .helpers import EXAMPLE, datum
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE = (REPO / ".." / "shared" / "contracts" / "tinker_probe.py").resolve()
@@ -57,7 +54,7 @@ def serve(bucket: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
 
 
 @pytest.mark.slow
-def test_probe_sigterm_and_restart(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_probe_passes_and_sigterm_exits_0(tmp_path: Path, tiny_model_dir: Path) -> None:
     if not PROBE.exists():
         pytest.skip(f"contract probe not found at {PROBE} (CI checks shared/ out beside the repo)")
     bucket = tmp_path / "bucket"
@@ -74,15 +71,6 @@ def test_probe_sigterm_and_restart(tmp_path: Path, tiny_model_dir: Path) -> None
         assert "PROBE OK" in probe.stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
-    # The default state dir is <bucket>/../state; a new process loads the old run's checkpoint.
-    (saved,) = (tmp_path / "state").glob("*/weights/probe-state")
-    path = f"tinker://{saved.parent.parent.name}/weights/probe-state"
+    # The default state dir is <bucket>/../state; the sampler snapshot landed in the bucket.
+    assert list((tmp_path / "state").glob("*/weights/probe-state/optimizer.safetensors"))
     assert (bucket / "probe-sampler" / "manifest.json").exists()
-    with serve(bucket) as (proc, url):
-        svc = tinker.ServiceClient(base_url=url, api_key="tml-test")
-        tc = svc.create_training_client_from_state_with_optimizer(path).result()
-        out = tc.forward([datum(EXAMPLE)], "cross_entropy").result()
-        assert len(out.loss_fn_outputs[0]["logprobs"].tolist()) == len(EXAMPLE) - 1
-        svc.close("success").result()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tinker
@@ -9,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from tinker import types
 
-from engine.local.trainer import ServerThread
+from engine.local.trainer import ServerThread, serve_in_thread
 
 from .helpers import EXAMPLE, datum, logprobs_of
 
@@ -124,3 +127,23 @@ def test_save_then_load_with_optimizer_is_exact(trainer: ServerThread) -> None:
     other = logprobs_of(weights_only.forward([datum(EXAMPLE)], "cross_entropy").result())
     assert np.abs(other - outs[0]).max() > 1e-4
     svc.close("success").result()
+
+
+def test_a_restarted_trainer_loads_an_earlier_run(trainer: ServerThread, tmp_path: Path) -> None:
+    """Checkpoints live only on disk: a second trainer on the same state dir resumes the run."""
+    svc = _service_client(trainer)
+    tc = _create(svc, 4)
+    tc.forward_backward([datum(EXAMPLE)], "cross_entropy")
+    tc.optim_step(types.AdamParams(learning_rate=1e-2)).result()
+    path = tc.save_state("carry-over").result().path
+    want = logprobs_of(tc.forward([datum(EXAMPLE)], "cross_entropy").result())
+    svc.close("success").result()
+    config = replace(trainer.service.config, state_dir=trainer.service.state_dir, bucket=tmp_path / "bucket")
+    with serve_in_thread(config) as second:
+        svc2 = _service_client(second)
+        tc2 = svc2.create_training_client_from_state_with_optimizer(path).result()
+        assert tc2.get_info().lora_rank == 4
+        assert second.service.hotloop_model(tc2.model_id)["optimizer_steps"] == 1
+        got = logprobs_of(tc2.forward([datum(EXAMPLE)], "cross_entropy").result())
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        svc2.close("success").result()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -35,7 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 async def _serve(args: argparse.Namespace) -> int:
     from engine.local.trainer.config import TrainerConfig
+    from engine.local.trainer.logs import LazyLogger
     from engine.local.trainer.server import TrainerServer
+
+    log = LazyLogger("trainer.cli")
 
     config = TrainerConfig(
         model=args.model,
@@ -59,13 +63,20 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         await stop.wait()
     finally:
+        log.info("trainer_stopping")
         await server.stop()
+        log.info("trainer_stopped")
     return 0
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_serve(args))
+        code = asyncio.run(_serve(args))
     except OSError as exc:  # e.g. the port is taken
         print(f"hotloop serve trainer: {exc}", file=sys.stderr)
         return 1
+    # Everything is stopped and written (saves are atomic); skip the interpreter's teardown of torch
+    # and transformers, which takes seconds and would make supervisors wait on a finished server.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -8,6 +8,7 @@ worker thread and reported through the future store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -313,7 +314,17 @@ class TrainerService:
         return self._ordered(body, "save_weights_for_sampler", run)
 
     async def close(self) -> None:
+        """Drop queued work, let running ops finish (saves stay whole), then release the threads."""
+        executors = [e.executor for e in self.models.values()] + [self.sampler.executor]
         for e in self.models.values():
             await e.queue.close()
-            e.executor.shutdown(wait=False, cancel_futures=True)
-        self.sampler.close()
+        for ex in executors:
+            ex.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(30):
+                await asyncio.to_thread(_join, executors)
+
+
+def _join(executors: list[ThreadPoolExecutor]) -> None:
+    for ex in executors:
+        ex.shutdown(wait=True)
