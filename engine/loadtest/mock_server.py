@@ -34,6 +34,9 @@ class MockConfig:
     token_delay_s: float = 0.0
     default_max_tokens: int = 16
     api_key: str | None = None  # when set, requests need "Authorization: Bearer <key>"
+    # "fireworks": timings in headers and the final chunk; "vllm": no timings, usage only in a
+    # separate choices-less chunk when asked for with stream_options.include_usage
+    style: str = "fireworks"
 
 
 def _chunk(model: str, text: str, finish: str | None, **extra: object) -> bytes:
@@ -71,9 +74,10 @@ def make_app(cfg: MockConfig) -> web.Application:
         try:
             state["in_flight"] += 1
             queued = time.perf_counter() - t_arrive
-            resp = web.StreamResponse(
-                headers={"Content-Type": "text/event-stream", "prefill-queue-duration": f"{queued:.6f}"}
-            )
+            headers = {"Content-Type": "text/event-stream"}
+            if cfg.style == "fireworks":
+                headers["prefill-queue-duration"] = f"{queued:.6f}"
+            resp = web.StreamResponse(headers=headers)
             await resp.prepare(request)
             if cfg.ttft_s:
                 await asyncio.sleep(cfg.ttft_s)
@@ -95,9 +99,15 @@ def make_app(cfg: MockConfig) -> web.Application:
                 "completion_tokens": max_tokens,
                 "total_tokens": n_prompt + max_tokens,
             }
-            await resp.write(
-                _chunk(cfg.model, "", "length", usage=usage, perf_metrics=perf, snapshot_identity=None)
-            )
+            if cfg.style == "vllm":
+                await resp.write(_chunk(cfg.model, "", "length", usage=None))
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    tail = {"id": "cmpl-mock", "object": "text_completion", "choices": [], "usage": usage}
+                    await resp.write(b"data: " + json.dumps(tail).encode() + b"\n\n")
+            else:
+                await resp.write(
+                    _chunk(cfg.model, "", "length", usage=usage, perf_metrics=perf, snapshot_identity=None)
+                )
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             state["served"] += 1

@@ -78,3 +78,67 @@ def test_open_loop_above_capacity_shows_growing_latency(tmp_path: Path) -> None:
     assert c_last < 2 * c_first  # a closed loop at capacity never builds a queue
     assert closed_summary["cells"][0]["latency_origin"] == "send"
     assert summary["cells"][0]["latency_origin"] == "intended_start"
+
+
+def test_openai_compatible_stream_without_server_timings(tmp_path: Path) -> None:
+    """vLLM/SGLang shape on /v1/completions: no perf_metrics, usage in a choices-less final chunk."""
+    out = tmp_path / "vllm"
+    with ThreadedMockServer(MockConfig(model="m", style="vllm", ttft_s=0.005)) as server:
+        rc = run_cli(
+            [
+                "--url",
+                server.url,
+                "--endpoint",
+                "/v1/completions",
+                "--model",
+                "m",
+                "--input-tokens",
+                "4",
+                "--output-tokens",
+                "6",
+                "--concurrency",
+                "3",
+                "--requests",
+                "9",
+                "--goodput",
+                "ttft:60000",
+                "tpot:60000",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        assert rc == 0
+        no_usage = tmp_path / "no-usage"
+        rc = run_cli(
+            [
+                "--url",
+                server.url,
+                "--endpoint",
+                "/v1/completions",
+                "--model",
+                "m",
+                "--input-tokens",
+                "4",
+                "--output-tokens",
+                "6",
+                "--concurrency",
+                "3",
+                "--requests",
+                "3",
+                "--extra-body",
+                '{"stream_options": null}',
+                "--output-dir",
+                str(no_usage),
+            ]
+        )
+        assert rc == 0
+    summary, rows = read_outputs(out)
+    assert_counts_match(summary, rows)
+    assert all(r["ok"] and r["output_tokens"] == 6 and r["output_tokens_source"] == "usage" for r in rows)
+    assert all(len(r["itl_ms"]) == 5 for r in rows)  # one content chunk per token here
+    cell = summary["cells"][0]
+    assert cell["server"]["reported"] == 0 and cell["server"]["prefill_queue_ms"]["p50"] is None
+    assert cell["goodput"]["good_requests"] == 9 and cell["output_tokens"] == 54
+    _, rows = read_outputs(no_usage)
+    # without a usage chunk, content chunks are the count (documented: chunk != token in general)
+    assert all(r["output_tokens"] == 6 and r["output_tokens_source"] == "chunks" for r in rows)
