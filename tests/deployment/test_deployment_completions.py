@@ -120,6 +120,17 @@ async def test_sampling_controls_and_echo(
     assert max(abs(c["logprob"] - r) for c, r in zip(content[1 : len(PROMPT)], ref, strict=True)) <= 1e-4
     tok = load_tokenizer(tiny_model_dir)
     assert echo["choices"][0]["text"].startswith(tok.decode(PROMPT, skip_special_tokens=True))
+    # the same through SSE, with two choices: each choice's chunks add up to the non-streamed choice
+    _, both, _ = await complete(session, server.url, **base, temperature=0, echo=True, n=2)
+    chunks, _ = await stream(session, server.url, **base, temperature=0, echo=True, n=2)
+    merged = merge_stream(chunks)
+    for plain, streamed in zip(both["choices"], merged["choices"], strict=True):
+        assert streamed["text"] == plain["text"] == echo["choices"][0]["text"]
+        assert streamed["raw_output"] == plain["raw_output"]
+        assert [c["token_id"] for c in streamed["content"]] == [
+            c["token_id"] for c in plain["logprobs"]["content"]
+        ]
+    assert merged["usage"]["completion_tokens"] == 12
 
 
 async def test_text_prompts_and_stop_strings_and_stop_ids(
