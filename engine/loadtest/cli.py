@@ -198,7 +198,10 @@ def main(args: argparse.Namespace) -> int:
     output: RunOutput | None = None
     try:
         targets = parse_goodput(args.goodput)
-        output = RunOutput(out_dir, targets)
+        try:
+            output = RunOutput(out_dir, targets)
+        except OSError as exc:
+            raise ConfigError(f"--output-dir: cannot write to {out_dir}: {exc.strerror or exc}") from None
         target = build_target(args, dict(os.environ))
         from engine.loadtest.plan import build_plan, load_prompts
 
