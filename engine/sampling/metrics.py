@@ -122,9 +122,12 @@ class ServerMetrics:
         for key, value in found.items():
             name, convert = _FIELDS[key]
             fields[name] = convert(value)
-        request_id = next((str(other[k]) for k in _REQUEST_ID_KEYS if other.get(k) is not None), None)
-        snapshot = _as_str(other.get(SNAPSHOT_HEADER))
-        return cls(request_id=request_id, snapshot_identity=snapshot, **fields, **client)
+        fields["request_id"] = next(
+            (str(other[k]) for k in _REQUEST_ID_KEYS if other.get(k) is not None), None
+        )
+        fields["snapshot_identity"] = _as_str(other.get(SNAPSHOT_HEADER))
+        fields.update(client)  # explicit client-side values win (e.g. the body's snapshot identity)
+        return cls(**fields)
 
     def with_client(self, **client: Any) -> ServerMetrics:
         """A copy with client-side fields set (``client_ttft``, ``retry_attempt``, ...)."""

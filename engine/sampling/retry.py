@@ -64,8 +64,8 @@ class RetryPolicy:
     """404 answers tolerated (as "not ready yet") before the 404 is treated as final."""
     attempt_timeout_s: float = 600.0
     """Deadline for one attempt: connect, headers and the whole stream."""
-    idle_timeout_s: float = 120.0
-    """Longest silence between two reads of one stream."""
+    idle_timeout_s: float = 300.0
+    """Longest silence (no bytes at all, headers included) within one attempt."""
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:

@@ -10,8 +10,8 @@ RL rollouts are on-policy, and for ``raw_output`` token ids, logprobs and ``perf
 from __future__ import annotations
 
 import asyncio
+import os
 import random
-import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -148,7 +148,11 @@ class DeploymentSampler:
     def headers(self, request_id: str) -> dict[str, str]:
         """Request headers; caller-supplied ``additional_headers`` override the defaults by name."""
         if self._base_headers is None:
-            base = {"Authorization": f"Bearer {self._api_key}", "X-Api-Key": self._api_key}
+            base = {
+                "Authorization": f"Bearer {self._api_key}",
+                "X-Api-Key": self._api_key,
+                "Content-Type": "application/json",
+            }
             lowered = {k.lower() for k in self._extra_headers}
             base = {k: v for k, v in base.items() if k.lower() not in lowered}
             self._base_headers = {**base, **self._extra_headers}
@@ -300,7 +304,7 @@ class DeploymentSampler:
         return out
 
     async def _request(self, payload: Mapping[str, Any], prompt: list[int]) -> SampledCompletion:
-        request_id = uuid.uuid4().hex
+        request_id = os.urandom(16).hex()  # as unique as uuid4().hex, a few microseconds cheaper
 
         def log_retry(number: int, exc: AttemptError, delay: float) -> None:
             _log().warning(

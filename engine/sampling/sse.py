@@ -19,8 +19,13 @@ try:  # orjson comes with tinker (a hotloop dependency) and decodes chunks ~3x f
     import orjson
 
     loads: Callable[[str], Any] = orjson.loads
+    dumps: Callable[[Any], bytes] = orjson.dumps
 except ImportError:  # pragma: no cover
     loads = json.loads
+
+    def dumps(obj: Any) -> bytes:
+        return json.dumps(obj).encode()
+
 
 DONE = "[DONE]"
 IGNORED_EVENTS = frozenset({"ping", "heartbeat", "keepalive", "keep-alive"})

@@ -108,6 +108,8 @@ class ScriptedServer:
             await send(chunk)
             if i == 0:
                 await send("{}", event="ping")
+                if name == "stall_mid":
+                    await asyncio.sleep(float(arg or 30))
         final = {
             "id": "cmpl-1",
             "choices": [

@@ -199,6 +199,20 @@ async def test_attempt_timeout_is_retried(scripted_server: ScriptedServer) -> No
             await sampler.sample_with_prompt_tokens(PROMPT)
 
 
+async def test_idle_stream_is_cut_and_retried(scripted_server: ScriptedServer) -> None:
+    policy = RetryPolicy(
+        backoff_initial_s=0.001, backoff_max_s=0.001, attempt_timeout_s=30, idle_timeout_s=0.3
+    )
+    scripted_server.script("stall_mid:30")
+    ctl = RecordingController()
+    async with make_sampler(scripted_server, ctl, policy=policy) as sampler:
+        [c] = await sampler.sample_with_prompt_tokens(PROMPT, max_tokens=16)
+    check(c)
+    assert c.attempts == 2
+    stalled = ctl.released[0]
+    assert stalled is not None and stalled.transport_error and stalled.error == "idle timeout"
+
+
 async def test_cancellation_releases_the_slot(scripted_server: ScriptedServer) -> None:
     ctl = RecordingController(window=1)
     scripted_server.script("stall:30")
