@@ -191,15 +191,11 @@ class CompletionAccumulator:
 
     def inference_logprobs(self) -> list[float | None]:
         if self.entries:
-            return [_opt_float(e.get("logprob")) for e in self.entries]
-        return [_opt_float(v) for v in self.token_logprobs]
+            return [None if (v := e.get("logprob")) is None else float(v) for e in self.entries]
+        return [None if v is None else float(v) for v in self.token_logprobs]
 
     def sampling_logprobs(self) -> list[float | None]:
-        return [_opt_float(e.get("sampling_logprob")) for e in self.entries]
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+        return [None if (v := e.get("sampling_logprob")) is None else float(v) for e in self.entries]
 
 
 def _loads_or_text(data: str) -> Any:
