@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from typing import Any
 
 from loadtest_helpers import ThreadedMockServer, assert_counts_match, read_outputs, run_cli
 
@@ -16,9 +17,9 @@ SERVER = MockConfig(model="mock", capacity=2, ttft_s=0.04, token_delay_s=0.005)
 COMMON = ["--model", "mock", "--input-tokens", "4", "--output-tokens", "5", "--num-prompts", "4"]
 
 
-def _quarters(values: list[float]) -> tuple[float, float]:
+def _quarters(values: list[float], stat: Any = statistics.fmean) -> tuple[float, float]:
     q = len(values) // 4
-    return statistics.fmean(values[:q]), statistics.fmean(values[-q:])
+    return stat(values[:q]), stat(values[-q:])
 
 
 def test_open_loop_above_capacity_shows_growing_latency(tmp_path: Path) -> None:
@@ -74,7 +75,8 @@ def test_open_loop_above_capacity_shows_growing_latency(tmp_path: Path) -> None:
 
     closed_summary, closed_rows = read_outputs(closed)
     assert_counts_match(closed_summary, closed_rows)
-    c_first, c_last = _quarters([r["e2e_ms"] for r in sorted(closed_rows, key=lambda r: r["index"])])
+    closed_e2e = [r["e2e_ms"] for r in sorted(closed_rows, key=lambda r: r["index"])]
+    c_first, c_last = _quarters(closed_e2e, statistics.median)  # medians: robust to a CPU hiccup
     assert c_last < 2 * c_first  # a closed loop at capacity never builds a queue
     assert closed_summary["cells"][0]["latency_origin"] == "send"
     assert summary["cells"][0]["latency_origin"] == "intended_start"
