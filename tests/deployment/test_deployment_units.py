@@ -3,6 +3,7 @@ and the batch KV cache's join/leave bookkeeping against a full forward."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import torch
@@ -12,8 +13,8 @@ from hypothesis import strategies as st
 from engine.local.deployment.detok import TextTracker
 from engine.local.deployment.engine import BatchRunner, sequence_logprobs
 from engine.local.deployment.sampling import SamplingParams, choose_tokens, processed_logprobs
-from engine.local.deployment.scheduler import finish_reason, plan_admission
-from engine.local.deployment.state import SeqSpec
+from engine.local.deployment.scheduler import Scheduler, finish_reason, plan_admission
+from engine.local.deployment.state import RequestHandle, SeqSpec
 from engine.local.models import load_model, load_tokenizer
 
 
@@ -100,3 +101,38 @@ def test_batch_cache_join_and_leave_match_full_forward(tiny_model_dir: Path) -> 
             ref = sequence_logprobs(model, [*s, tok], start=len(s))[0]
             assert abs(float(raw[i, tok]) - ref) <= 1e-4
             s.append(tok)
+
+
+async def test_identical_prompts_admitted_together_are_prefilled_once(tiny_model_dir: Path) -> None:
+    model = load_model(tiny_model_dir)
+    scheduler = Scheduler(BatchRunner(model), load_tokenizer(tiny_model_dir), max_batch=8)
+    scheduler.start()
+    try:
+        shared, other = [1, 9, 8, 7, 6, 5], [1, 2, 3]
+        prompts = [shared, shared, other, shared]
+        handle = RequestHandle(len(prompts))
+        specs = [
+            SeqSpec(prompt=p, max_tokens=5, sampling=SamplingParams(temperature=1.0), seed=i)
+            for i, p in enumerate(prompts)
+        ]
+        scheduler.submit(handle, specs)  # one submit: all four are admitted in the same iteration
+        tokens: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
+        logprobs: dict[int, list[float]] = {i: [] for i in range(len(prompts))}
+        cached: dict[int, int] = {}
+        finished = 0
+        while finished < len(prompts):
+            item = await asyncio.wait_for(handle.queue.get(), 60)
+            assert not isinstance(item, BaseException)
+            for u in item:
+                tokens[u.index] += [t.token_id for t in u.tokens]
+                logprobs[u.index] += [float(t.logprob or 0.0) for t in u.tokens]
+                if u.started and u.timing is not None:
+                    cached[u.index] = u.timing.cached_prompt_tokens
+                finished += u.finish_reason is not None
+    finally:
+        scheduler.close()
+    assert cached == {0: 0, 1: len(shared), 2: 0, 3: len(shared)}
+    assert len({tuple(t) for t in tokens.values()}) > 1  # different seeds, different samples
+    for i, p in enumerate(prompts):
+        ref = sequence_logprobs(model, p + tokens[i], start=len(p))
+        assert max(abs(a - b) for a, b in zip(logprobs[i], ref, strict=True)) <= 1e-4

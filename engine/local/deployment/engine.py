@@ -89,11 +89,16 @@ class BatchRunner:
 
     # ---------------------------------------------------------------- compute
 
-    def prefill(self, prompts: list[list[int]], full_logits: bool) -> torch.Tensor:
-        """Prefill ``prompts`` as new rows appended to the batch (in order).
+    def prefill(
+        self, prompts: list[list[int]], full_logits: bool, rows: list[int] | None = None
+    ) -> torch.Tensor:
+        """Prefill ``prompts`` and append them to the batch as new rows.
 
-        Returns fp32 logits: [n, V] for each prompt's last position, or with ``full_logits`` [n, L, V]
-        left-padded to the longest prompt L (row i's real positions are the last len(prompts[i])).
+        ``rows`` maps each new row to the prompt it uses (default: one row per prompt, in order), so
+        identical prompts admitted together are computed once and their K/V copied (GRPO-style
+        fan-out sends the same prompt n times). Returns fp32 logits per new row: [rows, V] at the
+        last prompt position, or with ``full_logits`` [rows, L, V] left-padded to the longest prompt
+        L (a row's real positions are the last len(prompt) ones).
         """
         n, width = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
@@ -112,8 +117,17 @@ class BatchRunner:
                 use_cache=True,
                 logits_to_keep=0 if full_logits else 1,
             )
-        self._join(cache, [width - len(p) for p in prompts], width)
+        pads = [width - len(p) for p in prompts]
         logits = out.logits.float()
+        if rows is not None and rows != list(range(n)):
+            index = torch.tensor(rows, dtype=torch.long)
+            layers: list[Any] = list(cache.layers)
+            for layer in layers:
+                layer.keys = layer.keys.index_select(0, index)
+                layer.values = layer.values.index_select(0, index)
+            pads = [pads[i] for i in rows]
+            logits = logits.index_select(0, index)
+        self._join(cache, pads, width)
         return logits if full_logits else logits[:, -1]
 
     def decode(self, last_tokens: list[int]) -> torch.Tensor:

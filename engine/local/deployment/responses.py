@@ -123,7 +123,7 @@ class CompletionBuilder:
             "generation-queue-duration": (first_decode - t.prefill_done) if first_decode else 0.0,
             "server-time-to-first-token": t.prefill_done - t.arrival,
             "prompt-tokens": len(self.plan.prompt_ids),
-            "cached-prompt-tokens": 0,  # no prefix cache: every prompt is prefilled
+            "cached-prompt-tokens": t.cached_prompt_tokens,
             "num-concurrent-requests": t.num_concurrent,
             "prefill-duration": t.prefill_done - t.scheduled,
         }

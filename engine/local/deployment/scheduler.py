@@ -4,8 +4,8 @@ between decode steps, driven by ONE worker thread that owns the model.
 One iteration of the worker: drop cancelled sequences; if a weight swap is pending and the batch has
 drained, apply it (SYNC transition: nothing new is admitted while a swap waits, so in-flight
 sequences finish on the old weights); admit waiting sequences (``plan_admission``), prefill them
-as one left-padded batch and sample their first token; run one decode step over every running row;
-remove finished rows. Results go back to the event loop once per iteration
+as one left-padded batch (identical prompts once) and sample their first token; run one decode
+step over every running row; remove finished rows. Results go back to the event loop once per iteration
 (``call_soon_threadsafe``), grouped per request.
 
 A request with ``n`` choices is ``n`` independent sequences sharing one ``RequestHandle``.
@@ -280,13 +280,19 @@ class Scheduler:
         start = time.perf_counter()
         concurrent = len(self._rows) + len(admitted)
         full = any(s.spec.prompt_logprobs for s in admitted)
-        logits = self.runner.prefill([s.spec.prompt for s in admitted], full_logits=full)
+        unique: dict[tuple[int, ...], int] = {}
+        rows = [unique.setdefault(tuple(s.spec.prompt), len(unique)) for s in admitted]
+        logits = self.runner.prefill([list(p) for p in unique], full_logits=full, rows=rows)
         last = logits[:, -1] if full else logits
+        computed: set[int] = set()
         outs = self._sample(admitted, last)
         done = time.perf_counter()
         self._rows.extend(admitted)
         for row, (seq, out) in enumerate(zip(admitted, outs, strict=True)):
             seq.timing.scheduled, seq.timing.prefill_done, seq.timing.num_concurrent = start, done, concurrent
+            if rows[row] in computed:  # shares the K/V of an identical prompt admitted with it
+                seq.timing.cached_prompt_tokens = len(seq.spec.prompt)
+            computed.add(rows[row])
             update = self._advance(seq, out)
             update.started, update.identity = True, self.identity
             if seq.spec.prompt_logprobs:

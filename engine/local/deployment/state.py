@@ -39,6 +39,7 @@ class Timing:
     first_decode: float | None = None
     finished: float | None = None
     num_concurrent: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens whose K/V another row computed
 
 
 @dataclass
