@@ -24,6 +24,20 @@ REDACTED = "***"
 _configured = False
 
 
+class _StderrLogger:
+    """Writes each rendered line to the *current* sys.stderr (pytest and daemons swap it), never stdout:
+    stdout belongs to machine-readable lines such as a server's URL."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = failure = msg
+
+
+def _stderr_logger_factory(*_args: Any) -> _StderrLogger:
+    return _StderrLogger()
+
+
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
         return _KEYISH.sub(lambda m: m.group(1) + REDACTED, _BEARER.sub(r"\1" + REDACTED, value))
@@ -68,12 +82,14 @@ def configure(renderer: str | None = None, level: str | None = None) -> None:
             final,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger_factory,
         cache_logger_on_first_use=False,
     )
     _configured = True
 
 
 def get_logger(name: str, **bound: Any) -> Any:
-    """A structlog logger bound to a component name."""
+    """A structlog logger bound to a component name (configures defaults if nobody has yet)."""
+    if not _configured:
+        configure()
     return structlog.get_logger(name).bind(component=name, **bound)
