@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import tinker
@@ -147,3 +149,27 @@ def test_a_restarted_trainer_loads_an_earlier_run(trainer: ServerThread, tmp_pat
         got = logprobs_of(tc2.forward([datum(EXAMPLE)], "cross_entropy").result())
         np.testing.assert_allclose(got, want, atol=1e-6)
         svc2.close("success").result()
+
+
+def test_parallel_chunks_arrive_out_of_order_and_are_merged(trainer: ServerThread) -> None:
+    """Over 1024 datums the client sends two chunks concurrently, the later seq_id first: the server
+    holds it until the first arrives, runs them in order, and the client merges the outputs."""
+    svc = _service_client(trainer)
+    tc = _create(svc, 0)
+    data = [datum([5 + i % 7, 6, 7]) for i in range(1030)]
+    out = tc.forward(data, "cross_entropy").result()
+    assert len(out.loss_fn_outputs) == 1030
+    single = tc.forward([data[1029]], "cross_entropy").result()
+    np.testing.assert_allclose(
+        logprobs_of(single), out.loss_fn_outputs[1029]["logprobs"].to_numpy(), atol=1e-5
+    )
+    model_id = tc.model_id
+    svc.close("success").result()
+    # Finishing the session releases its models (memory, threads).
+    with httpx.Client(base_url=trainer.url) as http:
+        for _ in range(100):
+            r = http.get(f"/api/v1/hotloop/models/{model_id}")
+            if r.status_code == 404:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 404 and "unknown model_id" in r.json()["detail"]

@@ -49,6 +49,8 @@ class OrderedQueue:
         self._pending: dict[int, _Op] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.busy = False
 
     def submit(self, seq_id: int | None, request_id: str, fn: Callable[[], Outcome], label: str) -> None:
@@ -60,15 +62,22 @@ class OrderedQueue:
                 f"{self.next_seq_id}"
             )
         self._pending[seq_id] = _Op(seq_id, request_id, fn, label)
+        self._idle.clear()
         self._wake.set()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"model-queue:{self.name}")
 
-    async def close(self) -> None:
+    async def wait_idle(self) -> None:
+        """Until nothing is queued or running."""
+        await self._idle.wait()
+
+    async def close(self, reason: str = "the trainer is shutting down") -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for seq in sorted(self._pending):
+            self._store.resolve(self._pending.pop(seq).request_id, Outcome.error(reason, "server"))
 
     async def _next(self) -> _Op | None:
         while self.next_seq_id not in self._pending:
@@ -95,6 +104,7 @@ class OrderedQueue:
         for seq in held:
             self._store.resolve(self._pending.pop(seq).request_id, Outcome.error(message, "user"))
         self.next_seq_id = held[-1] + 1
+        self._idle.set()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -109,6 +119,8 @@ class OrderedQueue:
                 self.busy = False
             self.next_seq_id = op.seq_id + 1
             self._store.resolve(op.request_id, outcome)
+            if not self._pending:
+                self._idle.set()
 
 
 def _guarded(op: _Op) -> Outcome:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from engine.local.trainer.service import ModelEntry, TrainerService
 
 MAX_PENDING_SAMPLES = 512
+# Each ephemeral sampling session pins a full copy of the weights; keep the most recent ones.
+MAX_EPHEMERAL_SESSIONS = 32
 
 
 class Backpressure(RequestError):
@@ -37,6 +39,7 @@ class SamplerService:
         self.modules = ModuleCache(service.base)
         self._snapshots: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()
+        self._ephemeral: OrderedDict[str, None] = OrderedDict()
         self.pending = 0
 
     def close(self) -> None:
@@ -56,7 +59,19 @@ class SamplerService:
         s = SamplingSession(
             sid, entry.session_id, self.service.config.model, None, key, state.sampler_state()
         )
-        return Outcome(json={"type": "save_weights_for_sampler", "sampling_session_id": self._register(s)})
+        sid = self._register(s)
+        with self._lock:
+            self._ephemeral[sid] = None
+            while len(self._ephemeral) > MAX_EPHEMERAL_SESSIONS:
+                old, _ = self._ephemeral.popitem(last=False)
+                self.sessions.pop(old, None)
+        return Outcome(json={"type": "save_weights_for_sampler", "sampling_session_id": sid})
+
+    def drop_session(self, session_id: str) -> None:
+        with self._lock:
+            for sid in [k for k, v in self.sessions.items() if v.session_id == session_id]:
+                del self.sessions[sid]
+                self._ephemeral.pop(sid, None)
 
     def _snapshot(self, name: str) -> dict[str, torch.Tensor]:
         with self._lock:
@@ -112,7 +127,10 @@ class SamplerService:
             raise RequestError("sampling_session_id is required (create a sampling session first)")
         s = self.sessions.get(sid) if isinstance(sid, str) else None
         if s is None:
-            raise NotFound(f"unknown sampling_session_id {sid!r}")
+            raise NotFound(
+                f"unknown sampling_session_id {sid!r} (its session finished, or it is older than the "
+                f"{MAX_EPHEMERAL_SESSIONS} most recent save_weights_and_get_sampling_client sessions)"
+            )
         svc = self.service
         prompt = params.prompt_tokens(body)
         if any(not 0 <= t < svc.vocab_size for t in prompt):

@@ -50,8 +50,11 @@ class TrainerServer:
             self.service = await asyncio.get_running_loop().run_in_executor(None, load_service, self.config)
         self.config.bucket.mkdir(parents=True, exist_ok=True)
         self.service.state_dir.mkdir(parents=True, exist_ok=True)
-        self._runner = web.AppRunner(build_app(self.service), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            build_app(self.service), access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
         await self._runner.setup()
+        # A stop must not wait out a client's 25 s retrieve_future long-poll.
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
         server: Any = site._server

@@ -119,7 +119,21 @@ class TrainerService:
         reason = body.get("reason")
         if s.finished is None:  # first reason wins
             s.finished = str(reason.get("type") if isinstance(reason, dict) else reason or "success")
+            log.info("session_finished", session_id=session_id, reason=s.finished)
+            self.background(self._release(session_id))
         return {}
+
+    async def _release(self, session_id: str) -> None:
+        """Free a finished session's models (weights, Adam moments, threads) once their queued work
+        is done, and its sampling sessions. Futures already issued stay retrievable."""
+        for entry in [e for e in self.models.values() if e.session_id == session_id]:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(600):
+                    await entry.queue.wait_idle()
+            await entry.queue.close(f"session {session_id} is finished")
+            self.models.pop(entry.model_id, None)
+            entry.executor.shutdown(wait=False)
+        self.sampler.drop_session(session_id)
 
     # --- models -----------------------------------------------------------------------------------
 

@@ -1,0 +1,83 @@
+"""The built-in losses as pure functions, and 2-D target tokens through a model's forward pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.local.trainer.config import RequestError
+from engine.local.trainer.losses import cispo, cross_entropy, get_loss, importance_sampling, ppo
+from engine.local.trainer.models import LoraSpec, ModelState, build_module
+from engine.local.trainer.proto import DatumIn
+
+
+def _leaf(values: list[float]) -> torch.Tensor:
+    return torch.tensor(values, requires_grad=True)
+
+
+def test_cross_entropy_is_a_weighted_sum() -> None:
+    logp = _leaf([-1.0, -2.0, -3.0])
+    loss, metrics = cross_entropy(logp, {"weights": torch.tensor([1.0, 0.0, 2.0])}, {})
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(7.0) and metrics == {"loss:sum": pytest.approx(7.0)}
+    assert logp.grad is not None and logp.grad.tolist() == [-1.0, 0.0, -2.0]
+
+
+def test_importance_sampling_at_ratio_one() -> None:
+    logp = _leaf([-1.0, -2.0])
+    inputs = {"logprobs": torch.tensor([-1.0, -2.0]), "advantages": torch.tensor([0.5, -1.0])}
+    loss, _ = importance_sampling(logp, inputs, {})
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(0.5)
+    assert logp.grad is not None and logp.grad.tolist() == pytest.approx([-0.5, 1.0])
+
+
+def test_ppo_clips_with_the_configured_thresholds() -> None:
+    old = torch.tensor([-1.0, -1.0])
+    logp = _leaf([-1.0 + float(np.log(1.5)), -1.0 + float(np.log(1.1))])  # ratios 1.5 and 1.1
+    inputs = {"logprobs": old, "advantages": torch.tensor([1.0, 1.0])}
+    loss, metrics = ppo(logp, inputs, {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2})
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(-(1.2 + 1.1))
+    assert logp.grad is not None and logp.grad.tolist() == pytest.approx([0.0, -1.1])  # clipped: no gradient
+    assert metrics["clip_fraction:mean"] == pytest.approx(0.5)
+    with pytest.raises(RequestError, match="clip_low_threshold"):
+        ppo(logp, inputs, {"clip_low_threshold": 1.5, "clip_high_threshold": 1.2})
+
+
+def test_cispo_weights_logprobs_by_the_detached_clipped_ratio() -> None:
+    logp = _leaf([-1.0 + float(np.log(2.0))])  # ratio 2 -> clipped to 1.2
+    inputs = {"logprobs": torch.tensor([-1.0]), "advantages": torch.tensor([3.0])}
+    loss, _ = cispo(logp, inputs, {"clip_high_threshold": 1.2})
+    loss.backward()
+    assert logp.grad is not None and logp.grad.tolist() == pytest.approx([-1.2 * 3.0])
+    with pytest.raises(RequestError, match="'dro' is not supported"):
+        get_loss("dro")
+    with pytest.raises(RequestError, match="needs loss_fn_inputs"):
+        cispo(logp, {"logprobs": torch.tensor([-1.0])}, {})
+
+
+def test_two_dimensional_targets_and_ragged_batches(tiny_model_dir: Path) -> None:
+    from engine.local.models import load_model
+
+    base = load_model("tiny")
+    state = ModelState("m", "tiny", LoraSpec(0), build_module(base, LoraSpec(0)), 1024, 1024)
+    tokens = np.array([5, 6, 7, 8], np.int64)
+    targets = np.array([[6, 9], [7, 10], [8, 11], [9, 12]], np.int64)
+    short = DatumIn(np.array([5, 6], np.int64), {"target_tokens": np.array([6, 7], np.int64)})
+    outs, metrics = state.forward_backward(
+        [DatumIn(tokens, {"target_tokens": targets})], "cross_entropy", {}, forward_only=True
+    )
+    assert outs[0]["logprobs"].shape == (4, 2) and metrics["loss:sum"] > 0
+    with torch.no_grad():
+        ref = torch.log_softmax(base(input_ids=torch.from_numpy(tokens)[None]).logits[0], -1)
+    np.testing.assert_allclose(outs[0]["logprobs"], ref.gather(-1, torch.tensor(targets)).numpy(), atol=1e-5)
+    # Ragged batch (right-padded, no mask needed for a causal model) gives the unpadded answers.
+    single, _ = state.forward_backward([short], "cross_entropy", {}, forward_only=True)
+    flat = DatumIn(tokens, {"target_tokens": targets[:, 0].copy()})
+    both, _ = state.forward_backward([flat, short], "cross_entropy", {}, forward_only=True)
+    np.testing.assert_allclose(both[1]["logprobs"], single[0]["logprobs"], atol=1e-5)
+    np.testing.assert_allclose(both[0]["logprobs"], outs[0]["logprobs"][:, 0], atol=1e-5)
