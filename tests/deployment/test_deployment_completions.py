@@ -58,7 +58,8 @@ async def test_streamed_equals_non_streamed_and_greedy_is_deterministic(
         assert isinstance(plain["perf_metrics"][key], float) and plain["perf_metrics"][key] >= 0
         assert isinstance(streamed["perf_metrics"][key], float)
     assert streamed["perf_metrics"]["prompt-tokens"] == len(PROMPT)
-    assert streamed["perf_metrics"]["cached-prompt-tokens"] == 0
+    assert plain["perf_metrics"]["cached-prompt-tokens"] == 0  # first time: computed
+    assert streamed["perf_metrics"]["cached-prompt-tokens"] == len(PROMPT)  # then from the prompt cache
     assert streamed["perf_metrics"]["num-concurrent-requests"] >= 1
     assert float(stream_headers["prefill-queue-duration"]) >= 0 and stream_headers["prompt-tokens"] == "7"
     assert streamed["usage"] == {"prompt_tokens": 7, "completion_tokens": 12, "total_tokens": 19}

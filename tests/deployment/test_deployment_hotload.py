@@ -25,7 +25,11 @@ PROMPT = [1, 44, 91, 300, 7, 250]
 
 
 async def _check_logprobs(
-    session: aiohttp.ClientSession, server: DeploymentServer, model: object, identity: str | None
+    session: aiohttp.ClientSession,
+    server: DeploymentServer,
+    model: object,
+    identity: str | None,
+    cached: int | None = None,
 ) -> list[int]:
     status, body, headers = await complete(
         session,
@@ -37,6 +41,7 @@ async def _check_logprobs(
         logprobs=True,
         raw_output=True,
         ignore_eos=True,
+        perf_metrics_in_response=True,
     )
     assert status == 200
     assert body["snapshot_identity"] == identity
@@ -46,6 +51,8 @@ async def _check_logprobs(
     ref = sequence_logprobs(model, PROMPT + completion, start=len(PROMPT))
     got = [c["logprob"] for c in choice["logprobs"]["content"]]
     assert max(abs(a - b) for a, b in zip(got, ref, strict=True)) <= 1e-4
+    if cached is not None:
+        assert body["perf_metrics"]["cached-prompt-tokens"] == cached
     return list(completion)
 
 
@@ -60,7 +67,10 @@ async def test_base_then_two_deltas_serve_exactly_those_weights(
         replica = await hot_load(session, server.url, identity, previous=previous)
         assert replica["loading_state"]["stage"] == "idle", replica
         assert replica["current_snapshot_identity"] == identity
-        await _check_logprobs(session, server, reference_model(tiny_model_dir, state), identity)
+        model = reference_model(tiny_model_dir, state)
+        # the swap emptied the prompt cache: computed once with the new weights, then reused
+        first = await _check_logprobs(session, server, model, identity, cached=0)
+        assert await _check_logprobs(session, server, model, identity, cached=len(PROMPT)) == first
         previous = identity
     replica = await hot_load(session, server.url, "step-2", previous="step-1")  # a retry: no-op
     assert replica["loading_state"]["stage"] == "idle" and replica["current_snapshot_identity"] == "step-2"

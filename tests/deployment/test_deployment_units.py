@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.local.deployment.detok import TextTracker
-from engine.local.deployment.engine import BatchRunner, sequence_logprobs
+from engine.local.deployment.engine import BatchRunner, PromptCache, PromptEntry, sequence_logprobs
 from engine.local.deployment.sampling import SamplingParams, choose_tokens, processed_logprobs
 from engine.local.deployment.scheduler import Scheduler, finish_reason, plan_admission
 from engine.local.deployment.state import RequestHandle, SeqSpec
@@ -136,3 +136,22 @@ async def test_identical_prompts_admitted_together_are_prefilled_once(tiny_model
     for i, p in enumerate(prompts):
         ref = sequence_logprobs(model, p + tokens[i], start=len(p))
         assert max(abs(a - b) for a, b in zip(logprobs[i], ref, strict=True)) <= 1e-4
+
+
+def test_prompt_cache_is_an_lru_bounded_in_tokens() -> None:
+    def entry(n: int) -> PromptEntry:
+        kv = [(torch.zeros(1, 1, n, 2), torch.zeros(1, 1, n, 2))]
+        return PromptEntry(kv=kv, last=torch.zeros(4), length=n, full=torch.zeros(n, 4))
+
+    cache = PromptCache(max_tokens=10)
+    cache.put((1,) * 4, entry(4))
+    cache.put((2,) * 4, entry(4))
+    assert cache.get((1,) * 4) is not None  # now the most recently used
+    cache.put((3,) * 4, entry(4))  # 12 > 10 tokens: evicts the least recently used, (2,)*4
+    assert cache.get((2,) * 4) is None and len(cache) == 2
+    got = cache.get((3,) * 4)
+    assert got is not None and got.full is None  # full logits are never kept
+    cache.put((4,) * 11, entry(11))  # larger than the whole budget: not stored
+    assert cache.get((4,) * 11) is None
+    cache.clear()
+    assert len(cache) == 0

@@ -43,6 +43,7 @@ class DeploymentConfig:
     swap_timeout_s: float = 600.0
     seed: int = 0
     threads: int = 1  # torch intra-op threads of the engine thread
+    prompt_cache_tokens: int = 8192  # LRU of prompt K/V, in prompt tokens (0 disables it)
 
 
 class Deployment:
@@ -65,7 +66,11 @@ class Deployment:
         model, self.tokenizer = await asyncio.to_thread(
             lambda: (load_model(self.config.model), load_tokenizer(self.config.model))
         )
-        runner = BatchRunner(model, pad_token_id=self.tokenizer.pad_token_id)
+        runner = BatchRunner(
+            model,
+            pad_token_id=self.tokenizer.pad_token_id,
+            prompt_cache_tokens=self.config.prompt_cache_tokens,
+        )
         self.scheduler = Scheduler(
             runner,
             self.tokenizer,
@@ -177,6 +182,7 @@ def _observe(dep: Deployment, builder: CompletionBuilder, update: Update) -> Non
         if t.prefill_done is not None:
             m.ttft.observe(t.prefill_done - t.arrival)
         m.prompt_tokens.inc(len(builder.plan.prompt_ids))
+        m.cached_prompt_tokens.inc(t.cached_prompt_tokens)
     m.generation_tokens.inc(len(update.tokens))
     if update.finish_reason is not None:
         m.requests.labels(update.finish_reason).inc()

@@ -23,6 +23,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefill-token-budget", type=int, default=2048, help="padded prompt tokens per prefill"
     )
+    parser.add_argument(
+        "--prompt-cache-tokens", type=int, default=8192, help="LRU prompt K/V cache size in tokens (0: off)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for the engine thread")
     parser.add_argument("--api-key", default=None, help="require this key (Bearer or X-Api-Key)")
     parser.add_argument(
@@ -47,6 +50,7 @@ def main(args: argparse.Namespace) -> int:
         prefill_token_budget=args.prefill_token_budget,
         api_key=args.api_key,
         threads=args.threads,
+        prompt_cache_tokens=args.prompt_cache_tokens,
         reject_during_load=args.hot_load_mode == "reject",
     )
     asyncio.run(_serve(config, args.host, args.port))

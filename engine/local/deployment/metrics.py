@@ -51,6 +51,9 @@ class DeploymentMetrics:
             registry=r,
         )
         self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "Prompt tokens prefilled", registry=r)
+        self.cached_prompt_tokens = Counter(
+            PREFIX + "cached_prompt_tokens", "Prompt tokens whose K/V was reused, not computed", registry=r
+        )
         self.generation_tokens = Counter(PREFIX + "generation_tokens", "Tokens generated", registry=r)
         self.requests = Counter(
             PREFIX + "request_success",

@@ -290,7 +290,8 @@ class Scheduler:
         self._rows.extend(admitted)
         for row, (seq, out) in enumerate(zip(admitted, outs, strict=True)):
             seq.timing.scheduled, seq.timing.prefill_done, seq.timing.num_concurrent = start, done, concurrent
-            if rows[row] in computed:  # shares the K/V of an identical prompt admitted with it
+            # K/V shared with an identical prompt admitted with it, or taken from the prompt cache
+            if rows[row] in computed or self.runner.last_hits[rows[row]]:
                 seq.timing.cached_prompt_tokens = len(seq.spec.prompt)
             computed.add(rows[row])
             update = self._advance(seq, out)
