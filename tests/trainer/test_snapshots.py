@@ -112,3 +112,39 @@ def test_sampling_from_a_named_snapshot_matches_the_trainer(trainer: ServerThrea
     ).result()
     assert stopped.sequences[0].stop_reason == "stop" and len(stopped.sequences[0].tokens) == 1
     svc.close("success").result()
+
+
+def test_a_resumed_model_deltas_against_its_last_snapshot(trainer: ServerThread, raw: Raw) -> None:
+    session = raw.session()
+    model_id = raw.model(session, rank=0)
+    seq = _train_step(raw, model_id, 1)
+    _snapshot(raw, model_id, seq, "resume-0")
+    saved = raw.ok(
+        "/save_weights", {"model_id": model_id, "path": "ck", "seq_id": seq + 1, "type": "save_weights"}
+    )
+    assert raw.result(saved["request_id"]).json()["path"] == f"tinker://{model_id}/weights/ck"
+    body = {
+        "session_id": session,
+        "model_seq_id": 1,
+        "path": f"tinker://{model_id}/weights/ck",
+        "optimizer": True,
+    }
+    loaded = raw.result(raw.ok("/load_weights", body)["request_id"]).json()
+    resumed = loaded["model_id"]
+    assert resumed == f"{session}:train:1"
+    assert raw.http.get(f"/hotloop/models/{resumed}").json()["last_sampler_snapshot"] == "resume-0"
+    seq = _train_step(raw, resumed, 1)
+    delta = _snapshot(raw, resumed, seq, "resume-1", checkpoint_type="delta")
+    assert delta["checkpoint_type"] == "delta" and delta["parent_snapshot_identity"] == "resume-0"
+    _, got = materialize(trainer.service.config.bucket, "resume-1")
+    want = trainer.service.models[resumed].require_state().sampler_state()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    missing = {
+        "model_id": resumed,
+        "path": "resume-2",
+        "seq_id": seq + 1,
+        "checkpoint_type": "delta",
+        "parent_snapshot_identity": "no-such-parent",
+    }
+    out = raw.result(raw.ok("/save_weights_for_sampler", missing)["request_id"]).json()
+    assert out["category"] == "user" and "no-such-parent" in out["error"]

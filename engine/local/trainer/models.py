@@ -90,11 +90,18 @@ class ModelState:
     optimizer: torch.optim.AdamW | None = None
     optimizer_steps: int = 0
     last_snapshot: tuple[str, dict[str, torch.Tensor]] | None = None
+    # The last snapshot's name when its weights are not in memory (restored from a checkpoint's
+    # meta): a delta against it materializes the parent from the bucket.
+    last_snapshot_name: str | None = None
     created: float = field(default_factory=time.time)
 
     @property
     def is_lora(self) -> bool:
         return self.lora.rank > 0
+
+    @property
+    def last_snapshot_id(self) -> str | None:
+        return self.last_snapshot[0] if self.last_snapshot else self.last_snapshot_name
 
     def trainable(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.module.named_parameters() if p.requires_grad}
@@ -198,7 +205,7 @@ class ModelState:
             "base_model": self.base_model,
             "lora": self.lora.to_json(),
             "optimizer_steps": self.optimizer_steps,
-            "last_sampler_snapshot": self.last_snapshot[0] if self.last_snapshot else None,
+            "last_sampler_snapshot": self.last_snapshot_id,
         }
 
     def load(self, loaded: checkpoints.LoadedState, with_optimizer: bool) -> None:
@@ -214,6 +221,8 @@ class ModelState:
                 p.copy_(loaded.weights[name])
                 p.grad = None
         self.optimizer = None
+        self.last_snapshot = None
+        self.last_snapshot_name = loaded.meta.get("last_sampler_snapshot")
         if with_optimizer:
             checkpoints.restore_optimizer(self._optimizer(), params, loaded.optimizer)
             self.optimizer_steps = int(loaded.meta.get("optimizer_steps", 0))

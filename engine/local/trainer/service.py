@@ -21,6 +21,7 @@ from engine.local.trainer import checkpoints, params
 from engine.local.trainer.config import Gone, NotFound, RequestError, TrainerConfig
 from engine.local.trainer.futures import FutureStore, Outcome
 from engine.local.trainer.logs import LazyLogger
+from engine.local.trainer.losses import get_loss
 from engine.local.trainer.models import LoraSpec, ModelState, build_module, check_tokens
 from engine.local.trainer.ordering import OrderedQueue, run_guarded
 from engine.local.trainer.proto import decode_forward_backward, encode_forward_backward
@@ -44,6 +45,7 @@ class ModelEntry:
     session_id: str
     queue: OrderedQueue
     executor: ThreadPoolExecutor
+    lora: LoraSpec
     state: ModelState | None = None  # set on the worker thread once created
 
     def require_state(self) -> ModelState:
@@ -137,7 +139,7 @@ class TrainerService:
 
     # --- models -----------------------------------------------------------------------------------
 
-    def _new_entry(self, session_id: str, model_seq_id: Any) -> ModelEntry:
+    def _new_entry(self, session_id: str, model_seq_id: Any, lora: LoraSpec) -> ModelEntry:
         if isinstance(model_seq_id, bool) or not isinstance(model_seq_id, int) or model_seq_id < 0:
             raise RequestError(f"model_seq_id must be a non-negative integer, got {model_seq_id!r}")
         model_id = f"{session_id}:train:{model_seq_id}"
@@ -145,7 +147,7 @@ class TrainerService:
             raise RequestError(f"model {model_id} already exists (model_seq_id {model_seq_id} was used)")
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{model_seq_id}")
         queue = OrderedQueue(model_id, self.store, executor, self.config.seq_gap_timeout_s)
-        entry = ModelEntry(model_id, session_id, queue, executor)
+        entry = ModelEntry(model_id, session_id, queue, executor, lora)
         self.models[model_id] = entry
         return entry
 
@@ -177,7 +179,7 @@ class TrainerService:
         base_model = self.check_base_model(body.get("base_model"))
         lora = params.lora_spec(body)
         params.optimizer_config(body)
-        entry = self._new_entry(session.session_id, body.get("model_seq_id"))
+        entry = self._new_entry(session.session_id, body.get("model_seq_id"), lora)
 
         def build() -> Outcome:
             self._build(entry, base_model, lora)
@@ -189,8 +191,7 @@ class TrainerService:
 
     def get_info(self, body: dict[str, Any]) -> dict[str, Any]:
         entry = self.entry(body.get("model_id"))
-        state = entry.state
-        rank = state.lora.rank if state is not None else 0
+        rank = entry.lora.rank
         return {
             "type": "get_info",
             "model_id": entry.model_id,
@@ -211,9 +212,9 @@ class TrainerService:
         return {
             "model_id": entry.model_id,
             "base_model": self.config.model,
-            "lora_rank": state.lora.rank if state else None,
+            "lora_rank": entry.lora.rank,
             "optimizer_steps": state.optimizer_steps if state else 0,
-            "last_sampler_snapshot": state.last_snapshot[0] if state and state.last_snapshot else None,
+            "last_sampler_snapshot": state.last_snapshot_id if state else None,
         }
 
     def _ordered(
@@ -228,8 +229,6 @@ class TrainerService:
     def forward_backward(self, body: bytes) -> dict[str, Any]:
         req = decode_forward_backward(body)
         entry = self.entry(req.model_id)
-        from engine.local.trainer.losses import get_loss
-
         get_loss(req.loss_fn)
         # Token ranges are the base model's, the same for every model of this trainer.
         check_tokens(req.data, self.vocab_size, self.max_length)
@@ -291,7 +290,7 @@ class TrainerService:
             params.optimizer_config(body)
         meta = checkpoints.read_state(target, with_optimizer=False).meta
         lora = LoraSpec(**meta.get("lora", {"rank": 0}))
-        entry = self._new_entry(session.session_id, body.get("model_seq_id"))
+        entry = self._new_entry(session.session_id, body.get("model_seq_id"), lora)
 
         def create_and_load() -> Outcome:
             state = self._build(entry, self.config.model, lora)

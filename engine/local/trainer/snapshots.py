@@ -3,8 +3,9 @@
 The Fireworks-style extension: ``checkpoint_type`` "base" | "delta" and an optional
 ``parent_snapshot_identity`` (default: the last snapshot this model wrote, kept in memory; any other
 parent is materialized from the bucket). LoRA models always write a base of merged weights. A delta
-asked for before the model has written any snapshot falls back to a base; the result's
-``checkpoint_type`` says what was written.
+asked for before the model has written any snapshot (or whose implicit parent, remembered from a
+loaded checkpoint, is not in this bucket) falls back to a base; the result's ``checkpoint_type``
+says what was written. An explicit parent that does not exist is a user error.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ def save_for_sampler(
     try:
         if kind == "delta":
             held = state.last_snapshot
-            parent_id = parent or (held[0] if held else None)
-            if parent_id is None:
-                kind = "base"
+            parent_id = parent or state.last_snapshot_id
+            if parent_id is None or (parent is None and held is None and not (bucket / parent_id).exists()):
+                kind = "base"  # nothing (reachable) to diff against yet
             else:
                 parent_state = held[1] if held and held[0] == parent_id else materialize(bucket, parent_id)[1]
                 manifest = write_delta(bucket, name, weights, parent_id, parent_state, state.base_model)
