@@ -148,3 +148,39 @@ def test_a_resumed_model_deltas_against_its_last_snapshot(trainer: ServerThread,
     }
     out = raw.result(raw.ok("/save_weights_for_sampler", missing)["request_id"]).json()
     assert out["category"] == "user" and "no-such-parent" in out["error"]
+
+
+def test_unsequenced_snapshot_requests_interleave_with_the_official_client(
+    trainer: ServerThread, raw: Raw
+) -> None:
+    """A raw save_weights_for_sampler without seq_id (how hotloop adds checkpoint_type) runs after the
+    client's earlier requests and consumes no seq_id, so the client's own numbering stays valid."""
+    import tinker
+
+    svc = tinker.ServiceClient(base_url=trainer.url, api_key="tml-test")
+    tc = svc.create_lora_training_client(base_model="tiny", rank=0).result()
+    fb = tc.forward_backward([datum(EXAMPLE)], "cross_entropy")
+    op = tc.optim_step(types.AdamParams(learning_rate=1e-3))
+    base = raw.ok(
+        "/save_weights_for_sampler", {"model_id": tc.model_id, "path": "mixed-0", "checkpoint_type": "base"}
+    )
+    fb.result()
+    assert (op.result().metrics or {})["optimizer_step:max"] == 1.0
+    assert raw.result(base["request_id"]).json()["checkpoint_type"] == "base"
+    tc.forward_backward([datum(EXAMPLE)], "cross_entropy")
+    tc.optim_step(types.AdamParams(learning_rate=1e-3)).result()
+    delta = raw.result(
+        raw.ok(
+            "/save_weights_for_sampler",
+            {"model_id": tc.model_id, "path": "mixed-1", "checkpoint_type": "delta"},
+        )["request_id"]
+    ).json()
+    assert delta["parent_snapshot_identity"] == "mixed-0" and delta["checkpoint_type"] == "delta"
+    bucket = trainer.service.config.bucket
+    _, got0 = materialize(bucket, "mixed-0")
+    _, got1 = materialize(bucket, "mixed-1")
+    want = trainer.service.models[tc.model_id].require_state().sampler_state()
+    assert all(torch.equal(got1[k], want[k]) for k in want)
+    assert not all(torch.equal(got0[k], want[k]) for k in want)  # the base was taken one step earlier
+    assert trainer.service.hotloop_model(tc.model_id)["optimizer_steps"] == 2
+    svc.close("success").result()

@@ -4,8 +4,11 @@ Policy for a skipped seq_id: a request ahead of the next expected seq_id is *hel
 parallel fwd/bwd chunks legitimately arrive out of order). If the gap is not filled within
 ``gap_timeout_s``, every held request fails with a clear user error naming the missing seq_ids, and
 ordering resumes after the highest failed one. A seq_id already used (or already queued) is
-rejected at once with a 400. Each op runs on the model's single worker thread, so compute never
-runs on the event loop and two ops of one model never overlap.
+rejected at once with a 400. A request without a seq_id (hotloop's own raw calls, e.g. a
+save_weights_for_sampler carrying checkpoint_type) consumes no seq_id: it runs after every
+sequenced request submitted before it, so it never collides with the official client's numbering.
+Each op runs on the model's single worker thread, so compute never runs on the event loop and two
+ops of one model never overlap.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ log = LazyLogger("trainer.ordering")
 
 @dataclass
 class _Op:
-    seq_id: int
+    seq_id: int | None
     request_id: str
     fn: Callable[[], Outcome]
     label: str
@@ -47,6 +50,8 @@ class OrderedQueue:
         self._executor = executor
         self._gap_timeout_s = gap_timeout_s
         self._pending: dict[int, _Op] = {}
+        # Unsequenced ops, by the seq_id after which they run.
+        self._after: dict[int, list[_Op]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -55,13 +60,15 @@ class OrderedQueue:
 
     def submit(self, seq_id: int | None, request_id: str, fn: Callable[[], Outcome], label: str) -> None:
         if seq_id is None:
-            seq_id = max([self.next_seq_id - 1, *self._pending]) + 1
-        if seq_id < self.next_seq_id or seq_id in self._pending:
+            anchor = max([self.next_seq_id - 1, *self._pending])
+            self._after.setdefault(anchor, []).append(_Op(None, request_id, fn, label))
+        elif seq_id < self.next_seq_id or seq_id in self._pending:
             raise RequestError(
                 f"seq_id {seq_id} for model {self.name} was already used; the next expected seq_id is "
                 f"{self.next_seq_id}"
             )
-        self._pending[seq_id] = _Op(seq_id, request_id, fn, label)
+        else:
+            self._pending[seq_id] = _Op(seq_id, request_id, fn, label)
         self._idle.clear()
         self._wake.set()
         if self._task is None:
@@ -76,11 +83,22 @@ class OrderedQueue:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for seq in sorted(self._pending):
-            self._store.resolve(self._pending.pop(seq).request_id, Outcome.error(reason, "server"))
+        left = [self._pending.pop(seq) for seq in sorted(self._pending)]
+        left += [op for anchor in sorted(self._after) for op in self._after.pop(anchor)]
+        for op in left:
+            self._store.resolve(op.request_id, Outcome.error(reason, "server"))
+
+    def _ready(self) -> _Op | None:
+        after = self._after.get(self.next_seq_id - 1)
+        if after:
+            op = after.pop(0)
+            if not after:
+                del self._after[self.next_seq_id - 1]
+            return op
+        return self._pending.pop(self.next_seq_id, None)
 
     async def _next(self) -> _Op | None:
-        while self.next_seq_id not in self._pending:
+        while (op := self._ready()) is None:
             self._wake.clear()
             if not self._pending:
                 await self._wake.wait()
@@ -91,7 +109,7 @@ class OrderedQueue:
             except TimeoutError:
                 self._fail_gap()
                 return None
-        return self._pending.pop(self.next_seq_id)
+        return op
 
     def _fail_gap(self) -> None:
         held = sorted(self._pending)
@@ -104,7 +122,15 @@ class OrderedQueue:
         for seq in held:
             self._store.resolve(self._pending.pop(seq).request_id, Outcome.error(message, "user"))
         self.next_seq_id = held[-1] + 1
-        self._idle.set()
+        # Unsequenced ops waiting behind the failed ones now run.
+        stranded = [
+            op for anchor in sorted(self._after) if anchor < held[-1] for op in self._after.pop(anchor)
+        ]
+        self._after[held[-1]] = stranded + self._after.get(held[-1], [])
+        if not self._after[held[-1]]:
+            del self._after[held[-1]]
+        if not self._after:
+            self._idle.set()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -117,9 +143,10 @@ class OrderedQueue:
                 outcome = await loop.run_in_executor(self._executor, _guarded, op)
             finally:
                 self.busy = False
-            self.next_seq_id = op.seq_id + 1
+            if op.seq_id is not None:
+                self.next_seq_id = op.seq_id + 1
             self._store.resolve(op.request_id, outcome)
-            if not self._pending:
+            if not self._pending and not self._after:
                 self._idle.set()
 
 
