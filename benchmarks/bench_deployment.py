@@ -48,9 +48,12 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -
 
 
 async def run_level(
-    url: str, concurrency: int, requests: int, prompt_len: int, max_tokens: int
+    url: str, concurrency: int, requests: int, prompt_len: int, max_tokens: int, first: int = 0
 ) -> tuple[float, list[dict[str, Any]]]:
-    """Send ``requests`` streaming requests with at most ``concurrency`` in flight; (tokens/s, results)."""
+    """Send ``requests`` streaming requests with at most ``concurrency`` in flight; (tokens/s, results).
+
+    Request i's prompt starts with token (31 i) mod 1000, so prompts with distinct ``i < 1000`` differ
+    and no level is helped by the prompt cache; ``first`` keeps the levels' ranges apart."""
     bodies = [
         {
             "prompt": [(31 * i + 7 * j) % 1000 + 4 for j in range(prompt_len)],
@@ -62,7 +65,7 @@ async def run_level(
             "raw_output": True,
             "perf_metrics_in_response": True,
         }
-        for i in range(requests)
+        for i in range(first, first + requests)
     ]
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for b in bodies:
@@ -115,12 +118,14 @@ def _p50(results: list[dict[str, Any]], key: str) -> float:
 async def bench(args: argparse.Namespace) -> None:
     proc, url = await start_server(args.model, args.max_batch)
     try:
-        await run_level(url, 4, 4, args.prompt_len, 4)  # warm-up
+        await run_level(url, 4, 4, args.prompt_len, 4, first=900)  # warm-up
         rows: list[tuple[int, float, list[dict[str, Any]]]] = []
-        for concurrency, requests in ((1, 8), (8, 32), (32, 64)):
-            tps, results = await run_level(url, concurrency, requests, args.prompt_len, args.max_tokens)
+        for concurrency, requests, first in ((1, 8, 0), (8, 32, 100), (32, 64, 200)):
+            tps, results = await run_level(
+                url, concurrency, requests, args.prompt_len, args.max_tokens, first
+            )
             rows.append((concurrency, tps, results))
-        _, queue_results = await run_level(url, 64, 128, args.prompt_len, args.max_tokens // 2)
+        _, queue_results = await run_level(url, 64, 128, args.prompt_len, args.max_tokens // 2, first=300)
     finally:
         proc.send_signal(signal.SIGINT)
         await proc.wait()
