@@ -18,7 +18,7 @@ from engine.sampling.errors import AttemptError, SamplingProtocolError
 try:  # orjson comes with tinker (a hotloop dependency) and decodes chunks ~3x faster
     import orjson
 
-    loads: Callable[[str], Any] = orjson.loads
+    loads: Callable[[str | bytes], Any] = orjson.loads
     dumps: Callable[[Any], bytes] = orjson.dumps
 except ImportError:  # pragma: no cover
     loads = json.loads
@@ -57,7 +57,7 @@ class SSEDecoder:
             if block.startswith(b"data: ") and b"\n" not in block:
                 out.append(SSEEvent("message", block[6:].decode("utf-8", errors="replace")))
             elif block:
-                self._general(block, out)
+                self.parse_block(block, out)
         return out
 
     def close(self) -> list[SSEEvent]:
@@ -66,7 +66,8 @@ class SSEDecoder:
         return self.feed(rest + b"\n\n") if rest else []
 
     @staticmethod
-    def _general(block: bytes, out: list[SSEEvent]) -> None:
+    def parse_block(block: bytes, out: list[SSEEvent]) -> None:
+        """The general field-by-field parse of one event (its lines, without the blank separator)."""
         event, data = "message", []
         for line in block.split(b"\n"):
             if line.startswith(b"data:"):
@@ -104,6 +105,49 @@ class CompletionAccumulator:
     snapshot_identity: str | None = None
     response_id: str | None = None
     done: bool = False
+    _buffer: bytes = b""
+
+    def feed_bytes(self, chunk: bytes) -> int:
+        """Frame SSE events from raw stream bytes and fold them in; returns how many carried content.
+
+        The fused hot path of ``stream_completion``: a plain single-line ``data:`` event is decoded
+        straight from bytes, anything else goes through ``SSEDecoder``'s general parse, so framing is
+        the same as ``SSEDecoder.feed`` + ``feed_event`` at about half the cost per event.
+        """
+        if self.done:
+            return 0
+        buf = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        blocks = buf.split(b"\n\n")
+        self._buffer = blocks.pop()
+        content = 0
+        for block in blocks:
+            if block.startswith(b"data: ") and b"\n" not in block:
+                data = block[6:]
+                if len(data) < 16 and data.strip() == b"[DONE]":
+                    self.done = True
+                    return content
+                try:
+                    obj = loads(data)
+                except ValueError as exc:
+                    raise SamplingProtocolError(f"stream chunk is not JSON: {data[:200]!r}") from exc
+                if type(obj) is not dict:
+                    raise SamplingProtocolError(f"stream chunk is not a JSON object: {data[:200]!r}")
+                content += self.feed_chunk(obj)
+            elif block:
+                events: list[SSEEvent] = []
+                SSEDecoder.parse_block(block, events)
+                for event in events:
+                    content += self.feed_event(event)
+                    if self.done:
+                        return content
+        return content
+
+    def finish_bytes(self) -> int:
+        """End of stream: fold in a last event that had no blank line after it."""
+        rest, self._buffer = self._buffer.strip(b"\n"), b""
+        return self.feed_bytes(rest + b"\n\n") if rest else 0
 
     def feed_event(self, event: SSEEvent) -> bool:
         """Apply one event; True if it carried completion content (text or tokens)."""

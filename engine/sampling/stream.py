@@ -29,7 +29,7 @@ import aiohttp
 from engine.sampling.errors import AttemptError, SamplingStatusError
 from engine.sampling.metrics import SNAPSHOT_HEADER, ServerMetrics
 from engine.sampling.retry import NOT_READY_STATUSES, RETRYABLE_STATUSES, parse_retry_after
-from engine.sampling.sse import CompletionAccumulator, SSEDecoder, dumps
+from engine.sampling.sse import CompletionAccumulator, dumps
 
 _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 _ERROR_BODY_LIMIT = 4096
@@ -91,9 +91,9 @@ class StreamResult:
     metrics: ServerMetrics
     status: int
     client_ttft_s: float | None
-    """Send to the first chunk with content (text or token ids)."""
+    """Send to the first network chunk with content (text or token ids)."""
     inter_chunk_s: tuple[float, ...]
-    """Gaps between successive content chunks (a chunk may hold several tokens)."""
+    """Gaps between successive network chunks with content (one may hold several events/tokens)."""
     latency_s: float
     """Send to end of stream."""
 
@@ -148,8 +148,7 @@ async def stream_completion(
 ) -> StreamResult:
     """POST ``payload`` (which must ask for ``stream: true``) and fold the stream into a result."""
     acc = CompletionAccumulator()
-    decoder = SSEDecoder()
-    times: list[float] = []  # arrival of each chunk that carried content
+    times: list[float] = []  # arrival of each network chunk that carried content
     status = 0
     resp_headers: Mapping[str, str] = {}
     if "Content-Type" not in headers:
@@ -167,14 +166,10 @@ async def stream_completion(
             async for chunk in resp.content.iter_any():
                 if watchdog is not None:
                     watchdog.touch()
-                if not acc.done:
-                    for event in decoder.feed(chunk):
-                        if acc.feed_event(event):
-                            times.append(clock())
-            if not acc.done:
-                for event in decoder.close():
-                    if acc.feed_event(event):
-                        times.append(clock())
+                if not acc.done and acc.feed_bytes(chunk):
+                    times.append(clock())
+            if not acc.done and acc.finish_bytes():
+                times.append(clock())
     except asyncio.CancelledError as exc:
         task = asyncio.current_task()
         if watchdog is None or not watchdog.close() or task is None or task.uncancel() > 0:

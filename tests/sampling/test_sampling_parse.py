@@ -120,3 +120,33 @@ def test_error_taxonomy() -> None:
     assert issubclass(AttemptError, RetryableError)
     assert issubclass(SamplingStatusError, FatalError)
     assert issubclass(SamplingExhaustedError, FatalError)
+
+
+def test_fused_feed_bytes_matches_decoder_at_any_split() -> None:
+    chunks = [_chunk("a", 5).data, _chunk("b", 6, "length", snapshot_identity="s").data]
+    stream = (
+        b": keepalive\r\n\r\nevent: ping\r\ndata: {}\r\n\r\n"
+        + b"".join(b"data: " + c.encode() + b"\r\n\r\n" for c in chunks)
+        + b"data: [DONE]\n\ndata: {ignored after done}\n\n"
+    )
+
+    def summary(acc: CompletionAccumulator) -> tuple[object, ...]:
+        return (acc.text, acc.completion_token_ids(), acc.finish_reason, acc.snapshot_identity, acc.done)
+
+    reference = CompletionAccumulator()
+    for event in _events(stream):
+        reference.feed_event(event)
+    for step in (1, 3, 7, len(stream)):
+        fused = CompletionAccumulator()
+        content = sum(fused.feed_bytes(stream[i : i + step]) for i in range(0, len(stream), step))
+        content += fused.finish_bytes()
+        assert summary(fused) == summary(reference) == ("ab", [5, 6], "length", "s", True)
+        assert content == 2
+    unterminated = CompletionAccumulator()
+    unterminated.feed_bytes(b"data: " + chunks[1].encode())
+    assert unterminated.finish_reason is None and unterminated.finish_bytes() == 1
+    assert unterminated.finish_reason == "length"
+    with pytest.raises(AttemptError):
+        CompletionAccumulator().feed_bytes(
+            b'event: error\ndata: {"error": {"message": "x", "code": 503}}\n\n'
+        )
