@@ -86,3 +86,17 @@ async def test_full_waiting_queue_answers_429_with_retry_after(make_server: Make
         first.cancel()
         second.cancel()
         await asyncio.gather(first, second, return_exceptions=True)
+
+
+async def test_requests_past_their_deadline_are_ended_and_free_their_slots(make_server: MakeServer) -> None:
+    server = await make_server(request_timeout_s=0.5)
+    body = {"prompt": PROMPT, "max_tokens": 1000, "ignore_eos": True}
+    async with aiohttp.ClientSession() as session:
+        status, error, _ = await complete(session, server.url, **body)
+        assert status == 504 and "did not finish" in error["error"]["message"]
+        async with session.post(server.url + "/v1/completions", json={**body, "stream": True}) as resp:
+            text = await resp.text()
+        # either it was not even scheduled in time (504) or the stream ends with an in-band error event
+        assert resp.status == 504 or (resp.status == 200 and "event: error" in text and "[DONE]" not in text)
+        await until(lambda: server.deployment.scheduler.running == 0, what="the slots to be freed")
+        assert await metric(session, server.url, "hotloop_deployment_request_success_total") == 0

@@ -145,10 +145,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
         retry = {"Retry-After": str(int(exc.retry_after_s))}
         return _error(429, "too many requests waiting; retry later", headers=retry)
     base_headers = {"x-request-id": request_id}
+    deadline = asyncio.get_running_loop().time() + dep.config.request_timeout_s
     try:
-        async with asyncio.timeout(dep.config.request_timeout_s):
-            if plan.request.stream:
-                return await _stream(request, dep, builder, handle, base_headers)
+        if plan.request.stream:
+            return await _stream(request, dep, builder, handle, base_headers, deadline)
+        async with asyncio.timeout_at(deadline):
             while not builder.done:
                 for update in await _next(handle):
                     _observe(dep, builder, update)
@@ -176,9 +177,9 @@ async def _next(handle: RequestHandle) -> list[Update]:
 
 def _observe(dep: Deployment, builder: CompletionBuilder, update: Update) -> None:
     m = dep.metrics
-    if update.started and update.timing is not None and update.timing.scheduled is not None:
-        t = update.timing
-        m.queue_time.observe(t.scheduled - t.arrival)  # type: ignore[operator]
+    t = update.timing
+    if update.started and t is not None and t.scheduled is not None:
+        m.queue_time.observe(t.scheduled - t.arrival)
         if t.prefill_done is not None:
             m.ttft.observe(t.prefill_done - t.arrival)
         m.prompt_tokens.inc(len(builder.plan.prompt_ids))
@@ -196,8 +197,13 @@ async def _stream(
     builder: CompletionBuilder,
     handle: RequestHandle,
     headers: dict[str, str],
+    deadline: float,
 ) -> web.StreamResponse:
-    updates = await _next(handle)  # wait until scheduled, so headers can carry the up-front timings
+    try:
+        async with asyncio.timeout_at(deadline):
+            updates = await _next(handle)  # wait until scheduled: headers then carry up-front timings
+    except TimeoutError:
+        return _error(504, "request was not scheduled before its deadline")
     for u in updates:
         _observe(dep, builder, u)
     response = web.StreamResponse(
@@ -212,13 +218,18 @@ async def _stream(
     await response.prepare(request)
     await _write(response, first)
     try:
-        while not builder.done:
-            updates = await _next(handle)
-            for u in updates:
-                _observe(dep, builder, u)
-            await _write(response, builder.chunks(updates))
-    except _EngineFailure as exc:  # headers are out: report in-band, as OpenAI-style servers do
-        error = {"error": {"message": str(exc), "type": "server_error", "code": 500}}
+        async with asyncio.timeout_at(deadline):
+            while not builder.done:
+                updates = await _next(handle)
+                for u in updates:
+                    _observe(dep, builder, u)
+                await _write(response, builder.chunks(updates))
+    except (
+        _EngineFailure,
+        TimeoutError,
+    ) as exc:  # headers are out: report in-band, as OpenAI-style servers do
+        message = str(exc) or "request did not finish before its deadline"
+        error = {"error": {"message": message, "type": "server_error", "code": 500}}
         await response.write(f"event: error\ndata: {json.dumps(error)}\n\n".encode())
         await response.write_eof()
         return response
