@@ -5,8 +5,9 @@
 One step = forward_backward (cross_entropy, batch 32 x 128 tokens) + optim_step (AdamW),
 full-parameter. The service side is `hotloop serve trainer` as a subprocess driven by the official
 tinker client with every step submitted before any result is awaited (pipelined). The bare side is
-the same computation in this process. Both use the same torch thread count. Prints steps/s and the
-ratio service / bare (target >= 0.85).
+the same computation in this process. Both use the same torch thread count, and the two sides run
+in interleaved rounds so a shared machine's drifting load hits both alike. Prints steps/s and the
+ratio service / bare (target >= 0.85), plus the ratio of CPU time per step.
 """
 
 from __future__ import annotations
@@ -31,28 +32,33 @@ def batch(n: int, length: int, seed: int = 0) -> list[list[int]]:
     return rng.integers(4, 1024, size=(n, length + 1)).tolist()
 
 
-def bare(model_name: str, rows: list[list[int]], steps: int, warmup: int) -> float:
-    import torch
+class Bare:
+    """The same step in this process: forward, summed cross-entropy, backward, AdamW."""
 
-    from engine.local.models import load_model
+    def __init__(self, model_name: str, rows: list[list[int]]) -> None:
+        import torch
 
-    model = load_model(model_name)
-    ids = torch.tensor(rows)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
+        from engine.local.models import load_model
 
-    def step() -> None:
-        logits = model(input_ids=ids[:, :-1], use_cache=False).logits
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        (-(torch.ones_like(logp) * logp).sum()).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        self.torch = torch
+        self.model = load_model(model_name)
+        self.ids = torch.tensor(rows)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-12)
 
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps / (time.perf_counter() - start)
+    def run(self, n: int) -> None:
+        torch, ids = self.torch, self.ids
+        for _ in range(n):
+            logits = self.model(input_ids=ids[:, :-1], use_cache=False).logits
+            logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            (-(torch.ones_like(logp) * logp).sum()).backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(model: str, threads: int, root: Path) -> tuple[subprocess.Popen[str], str]:
@@ -85,41 +91,38 @@ def start_server(model: str, threads: int, root: Path) -> tuple[subprocess.Popen
     raise RuntimeError("trainer did not start")
 
 
-def service(url: str, model: str, rows: list[list[int]], steps: int, warmup: int) -> float:
-    import tinker
-    from tinker import types
+class Service:
+    """The step through `hotloop serve trainer` with the official client, all steps pipelined."""
 
-    data = [
-        types.Datum(
-            model_input=types.ModelInput.from_ints(r[:-1]),
-            loss_fn_inputs={"target_tokens": r[1:], "weights": [1.0] * (len(r) - 1)},
-        )
-        for r in rows
-    ]
-    svc = tinker.ServiceClient(base_url=url, api_key="tml-bench")
-    tc = svc.create_lora_training_client(base_model=model, rank=0).result()
-    adam = types.AdamParams(learning_rate=1e-5)
+    def __init__(self, url: str, model: str, rows: list[list[int]]) -> None:
+        import tinker
+        from tinker import types
 
-    def run(n: int) -> None:
+        self.data = [
+            types.Datum(
+                model_input=types.ModelInput.from_ints(r[:-1]),
+                loss_fn_inputs={"target_tokens": r[1:], "weights": [1.0] * (len(r) - 1)},
+            )
+            for r in rows
+        ]
+        self.svc = tinker.ServiceClient(base_url=url, api_key="tml-bench")
+        self.tc = self.svc.create_lora_training_client(base_model=model, rank=0).result()
+        self.adam = types.AdamParams(learning_rate=1e-5)
+
+    def run(self, n: int) -> None:
         futures = []
         for _ in range(n):
-            futures.append(tc.forward_backward(data, "cross_entropy"))
-            futures.append(tc.optim_step(adam))
+            futures.append(self.tc.forward_backward(self.data, "cross_entropy"))
+            futures.append(self.tc.optim_step(self.adam))
         for f in futures:
             f.result()
-
-    run(warmup)
-    start = time.perf_counter()
-    run(steps)
-    rate = steps / (time.perf_counter() - start)
-    svc.close("success").result()
-    return rate
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="small")
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=2, help="steps per side per round")
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--length", type=int, default=128)
@@ -131,20 +134,42 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     rows = batch(a.batch, a.length)
     wall = time.perf_counter()
+    # Interleaved rounds, so drifting load on a shared machine hits both sides alike.
+    t_bare = t_svc = cpu_bare = cpu_svc = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(a.model, a.threads, Path(tmp))
         try:
-            served = service(url, a.model, rows, a.steps, a.warmup)
+            bare, served = Bare(a.model, rows), Service(url, a.model, rows)
+            bare.run(a.warmup)
+            served.run(a.warmup)
+            for _ in range(a.rounds):
+                c0, t0 = time.process_time(), time.perf_counter()
+                bare.run(a.steps)
+                t_bare += time.perf_counter() - t0
+                cpu_bare += time.process_time() - c0
+                c0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+                served.run(a.steps)
+                t_svc += time.perf_counter() - t0
+                cpu_svc += cpu_seconds(proc.pid) - c0
+            served.svc.close("success").result()
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
-    direct = bare(a.model, rows, a.steps, a.warmup)
-    print(f"model={a.model} batch={a.batch}x{a.length} steps={a.steps} threads={a.threads}")
-    print(f"bare pytorch : {direct:.4f} steps/s ({1 / direct:.2f} s/step)")
-    print(f"service      : {served:.4f} steps/s ({1 / served:.2f} s/step)")
+    n = a.steps * a.rounds
     print(
-        f"ratio service/bare = {served / direct:.3f} (target >= 0.85); wall {time.perf_counter() - wall:.0f}s"
+        f"model={a.model} batch={a.batch}x{a.length} steps={n} "
+        f"({a.rounds} interleaved rounds) threads={a.threads}"
     )
+    print(
+        f"bare pytorch : {n / t_bare:.4f} steps/s  "
+        f"({t_bare / n:.2f} s/step wall, {cpu_bare / n:.2f} s/step CPU)"
+    )
+    print(
+        f"service      : {n / t_svc:.4f} steps/s  ({t_svc / n:.2f} s/step wall, {cpu_svc / n:.2f} s/step CPU)"
+    )
+    print(f"ratio service/bare throughput = {t_bare / t_svc:.3f} (target >= 0.85)")
+    print(f"ratio by CPU time per step    = {cpu_bare / cpu_svc:.3f} (trainer process only)")
+    print(f"wall {time.perf_counter() - wall:.0f}s")
 
 
 if __name__ == "__main__":
