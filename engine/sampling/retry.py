@@ -65,7 +65,7 @@ class RetryPolicy:
     attempt_timeout_s: float = 600.0
     """Deadline for one attempt: connect, headers and the whole stream."""
     idle_timeout_s: float = 300.0
-    """Longest silence (no bytes at all, headers included) within one attempt."""
+    """Silence (no bytes at all, headers included) after which an attempt is cut: detected within 1-2x."""
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:

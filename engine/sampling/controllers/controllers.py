@@ -91,12 +91,13 @@ class FixedConcurrencyController:
         return ok
 
     def _note_admitted(self) -> None:
-        with self._lock:
-            self._max_in_flight = max(self._max_in_flight, self._gate.in_flight)
+        # A statistic only: a lost update under a thread race is harmless, a lock per attempt is not free.
+        in_flight = self._gate.in_flight
+        if in_flight > self._max_in_flight:
+            self._max_in_flight = in_flight
 
     def release(self, metrics: ServerMetrics | None = None) -> None:
-        with self._lock:
-            self._requests += 1
+        self._requests += 1  # statistic, see _note_admitted
         self._gate.release()
 
     def step_completed(self) -> dict[str, float]:
