@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
 import numpy as np
 import pytest
 from tinker.proto import tinker_public_pb2 as pb
 
-from engine.local.trainer import ServerThread
+from engine.local.trainer import ServerThread, serve_in_thread
 
 from .helpers import EXAMPLE, Raw, datum, fwdbwd_body, on_loop
 
@@ -174,3 +178,13 @@ def test_other_bad_requests(raw: Raw, trainer: ServerThread, model: str) -> None
     raw.ok(f"/sessions/{session}/finish", {"reason": {"type": "success"}})
     assert raw.post("/session_heartbeat", {"session_id": session}).status_code == 410
     _still_serving(raw, model)
+
+
+def test_api_key_is_required_when_configured(trainer: ServerThread, tmp_path: Path) -> None:
+    config = replace(trainer.service.config, bucket=tmp_path / "bucket", api_key="tml-secret")
+    with serve_in_thread(config) as locked, httpx.Client(base_url=locked.url + "/api/v1") as http:
+        assert http.get("/healthz").status_code == 200
+        r = http.post("/create_session", json={})
+        assert r.status_code == 401 and "X-API-Key" in r.json()["detail"]
+        assert http.post("/create_session", json={}, headers={"X-API-Key": "tml-wrong"}).status_code == 401
+        assert http.post("/create_session", json={}, headers={"X-API-Key": "tml-secret"}).status_code == 200
