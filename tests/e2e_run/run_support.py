@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from engine.lifecycle.context import Connection
 
 
@@ -56,18 +54,19 @@ async def served_identity(stack: Any, deployment_id: str) -> str | None:
     return ident or None
 
 
-async def trainer_optimizer_steps(stack: Any, job_id: str, model_id: str) -> int:
-    """The trainer's own optimizer step counter for a model (hotloop extension endpoint)."""
-    from urllib.parse import quote
+async def restored_optimizer_steps(stack: Any, job_id: str, state_path: str) -> int:
+    """Load a committed training state (with its optimizer) into a new model on the trainer and
+    ask the trainer how many optimizer steps that state has applied (hotloop extension endpoint)."""
+    from engine.training import TrainingSession
 
-    url = f"{stack.base_url}/training/v1/rlorTrainerJobs/{stack.account_id}/{job_id}/api/v1/hotloop/models/"
-    headers = {"Authorization": f"Bearer {stack.api_key}", "X-API-Key": f"tml-{stack.api_key}"}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(url + quote(model_id, safe=""), headers=headers) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        return int((await resp.json())["optimizer_steps"])
+    base_url = f"{stack.base_url}/training/v1/rlorTrainerJobs/{stack.account_id}/{job_id}"
+    session = await TrainingSession.from_state(base_url, stack.api_key, state_path, with_optimizer=True)
+    try:
+        info = await session.trainer_info()
+        assert info is not None
+        return int(info["optimizer_steps"])
+    finally:
+        await session.close()
 
 
 def check_exactly_once(run_dir: Path, max_steps: int) -> list[dict[str, Any]]:

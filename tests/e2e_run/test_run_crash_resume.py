@@ -22,10 +22,10 @@ from run_support import (
     check_exactly_once,
     journal,
     remote,
+    restored_optimizer_steps,
     rows,
     served_identity,
     tiny_config,
-    trainer_optimizer_steps,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
@@ -82,14 +82,14 @@ async def test_kill_in_every_state_and_resume(run_stack: Any, tmp_path: Path) ->
     # Each step's row exactly once, and the trainer applied exactly one optimizer step per row.
     check_exactly_once(run_dir, 3)
     assert [r["step"] for r in rows(run_dir) if r["kind"] == "eval"] == [0, 2, 3]
-    connected = [
-        f for r in records if r["event"] == "exit" for f in r.get("records", []) if f["kind"] == "connected"
-    ]
-    final_model = connected[-1]["model_id"]
-    assert await trainer_optimizer_steps(run_stack, "crash-trainer", final_model) == 3
+    # The trainer's own counter: every committed state says how many optimizer steps it holds, and
+    # the final one, loaded back with its optimizer, has exactly one per step.
+    ledger = rows(run_dir, "checkpoints.jsonl")
+    states = [r for r in ledger if r["kind"] == "state"]
+    assert [(r["step"], r["optimizer_steps"]) for r in states] == [(n, n) for n in (1, 2, 3)]
+    assert await restored_optimizer_steps(run_stack, "crash-trainer", states[-1]["path"]) == 3
 
     # The deployment ends on the final snapshot, as the ledger and the summary say.
-    ledger = rows(run_dir, "checkpoints.jsonl")
     last_sync = [r for r in ledger if r["kind"] == "sync"][-1]
     assert last_sync["step"] == 3
     assert await served_identity(run_stack, "crash-serving") == last_sync["identity"]
