@@ -220,7 +220,8 @@ def _may_grow(policy: AimdPolicy, state: AimdState) -> bool:
 def adjust(policy: AimdPolicy, state: AimdState) -> tuple[AimdState, Decision]:
     """Apply one interval adjustment from the interval's observations, then reset the interval."""
     before = state.window
-    window, ema, reason = before, state.ema_pq, "none"
+    window, ema = before, state.ema_pq
+    reason: Reason = "none"
     stale_left = state.stale_left
     if state.pq_count > 0:
         mean = state.pq_sum / state.pq_count
@@ -250,7 +251,7 @@ def adjust(policy: AimdPolicy, state: AimdState) -> tuple[AimdState, Decision]:
         peak_in_flight=None,
         stale_left=stale_left,
     )
-    return new, Decision(before, window, reason, ema)  # type: ignore[arg-type]
+    return new, Decision(before, window, reason, ema)
 
 
 def observe(policy: AimdPolicy, state: AimdState, obs: Observation, now: float) -> tuple[AimdState, Decision]:
@@ -268,7 +269,8 @@ def observe(policy: AimdPolicy, state: AimdState, obs: Observation, now: float) 
         cached_tokens=step.cached_tokens + (obs.cached_prompt_tokens or 0),
         prompt_tokens=step.prompt_tokens + (obs.prompt_tokens or 0),
     )
-    window, reason = before, "none"
+    window = before
+    reason: Reason = "none"
     changes: dict[str, object] = {"since_adjust": state.since_adjust + 1, "peak_in_flight": peak}
     if obs.prefill_queue_s is not None:
         pq = max(0.0, obs.prefill_queue_s)
@@ -301,7 +303,7 @@ def observe(policy: AimdPolicy, state: AimdState, obs: Observation, now: float) 
         state, adjusted = adjust(policy, state)
         if adjusted.reason != "none":
             return state, Decision(before, adjusted.window_after, adjusted.reason, adjusted.ema_pq)
-    return state, Decision(before, window, reason, state.ema_pq)  # type: ignore[arg-type]
+    return state, Decision(before, window, reason, state.ema_pq)
 
 
 def note_retry_exhausted(state: AimdState) -> AimdState:
