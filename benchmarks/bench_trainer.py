@@ -16,6 +16,7 @@ import argparse
 import os
 import select
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,8 +122,8 @@ class Service:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="small")
-    ap.add_argument("--steps", type=int, default=2, help="steps per side per round")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=1, help="steps per side per round")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--length", type=int, default=128)
@@ -136,6 +137,7 @@ def main() -> None:
     wall = time.perf_counter()
     # Interleaved rounds, so drifting load on a shared machine hits both sides alike.
     t_bare = t_svc = cpu_bare = cpu_svc = 0.0
+    per_round: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(a.model, a.threads, Path(tmp))
         try:
@@ -145,11 +147,14 @@ def main() -> None:
             for _ in range(a.rounds):
                 c0, t0 = time.process_time(), time.perf_counter()
                 bare.run(a.steps)
-                t_bare += time.perf_counter() - t0
+                round_bare = time.perf_counter() - t0
+                t_bare += round_bare
                 cpu_bare += time.process_time() - c0
                 c0, t0 = cpu_seconds(proc.pid), time.perf_counter()
                 served.run(a.steps)
-                t_svc += time.perf_counter() - t0
+                round_svc = time.perf_counter() - t0
+                t_svc += round_svc
+                per_round.append(round_bare / round_svc)
                 cpu_svc += cpu_seconds(proc.pid) - c0
             served.svc.close("success").result()
         finally:
@@ -168,6 +173,7 @@ def main() -> None:
         f"service      : {n / t_svc:.4f} steps/s  ({t_svc / n:.2f} s/step wall, {cpu_svc / n:.2f} s/step CPU)"
     )
     print(f"ratio service/bare throughput = {t_bare / t_svc:.3f} (target >= 0.85)")
+    print(f"  per-round ratios {[round(r, 3) for r in per_round]}, median {statistics.median(per_round):.3f}")
     print(f"ratio by CPU time per step    = {cpu_bare / cpu_svc:.3f} (trainer process only)")
     print(f"wall {time.perf_counter() - wall:.0f}s")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -139,10 +140,19 @@ class OrderedQueue:
             if op is None:
                 continue
             self.busy = True
+            start = time.perf_counter()
             try:
                 outcome = await loop.run_in_executor(self._executor, _guarded, op)
             finally:
                 self.busy = False
+            log.debug(
+                "op_done",
+                model_id=self.name,
+                op=op.label,
+                seq_id=op.seq_id,
+                seconds=round(time.perf_counter() - start, 4),
+                error=outcome.is_error,
+            )
             if op.seq_id is not None:
                 self.next_seq_id = op.seq_id + 1
             self._store.resolve(op.request_id, outcome)
