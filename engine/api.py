@@ -194,8 +194,10 @@ async def _execute(
                 await asyncio.to_thread(rd.append, "checkpoints.jsonl", ledger)
 
             default, limits = _limits(config)
+            # The state modules import tinker and torch (seconds, the first time): not on the loop.
+            handlers = await asyncio.to_thread(_handlers)
             runner: Runner[RunContext] = Runner(
-                _handlers(),
+                handlers,
                 journal,
                 events=bus,
                 limits=limits,
