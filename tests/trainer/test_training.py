@@ -173,3 +173,23 @@ def test_parallel_chunks_arrive_out_of_order_and_are_merged(trainer: ServerThrea
                 break
             time.sleep(0.1)
         assert r.status_code == 404 and "unknown model_id" in r.json()["detail"]
+
+
+def test_rest_client_runs_and_checkpoints(trainer: ServerThread) -> None:
+    svc = _service_client(trainer)
+    tc = _create(svc, 2)
+    first = tc.save_state("rest-a").result().path
+    tc.save_state("rest-b").result()
+    rest = tinker.RestClient(base_url=trainer.url, api_key="tml-test")
+    run = rest.get_training_run(tc.model_id).result()
+    assert run.training_run_id == tc.model_id and run.is_lora and run.lora_rank == 2
+    listed = rest.list_checkpoints(tc.model_id).result().checkpoints
+    assert [c.checkpoint_id for c in listed] == ["weights/rest-a", "weights/rest-b"]
+    assert listed[0].tinker_path == first and listed[0].checkpoint_type == "training"
+    rest.delete_checkpoint_from_tinker_path(first).result()
+    assert [c.checkpoint_id for c in rest.list_checkpoints(tc.model_id).result().checkpoints] == [
+        "weights/rest-b"
+    ]
+    caps = rest.get_server_capabilities().result()
+    assert caps.supported_models[0].model_name == "tiny"
+    svc.close("success").result()

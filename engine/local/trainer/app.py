@@ -18,6 +18,7 @@ from typing import Any
 import zstandard
 from aiohttp import web
 
+from engine.local.trainer import runs
 from engine.local.trainer.config import RequestError
 from engine.local.trainer.logs import LazyLogger
 from engine.local.trainer.service import TrainerService
@@ -185,6 +186,16 @@ def build_app(service: TrainerService) -> web.Application:
     async def get_sampler(request: web.Request) -> web.Response:
         return web.json_response(svc.sampler.get(request.match_info["sampler_id"]))
 
+    async def training_run(request: web.Request) -> web.Response:
+        return web.json_response(runs.get_run(svc, request.match_info["run_id"]))
+
+    async def run_checkpoints(request: web.Request) -> web.Response:
+        return web.json_response(runs.list_checkpoints(svc, request.match_info["run_id"]))
+
+    async def delete_checkpoint(request: web.Request) -> web.Response:
+        m = request.match_info
+        return web.json_response(runs.delete_checkpoint(svc, m["run_id"], m["kind"], m["name"]))
+
     async def hotloop_model(request: web.Request) -> web.Response:
         return web.json_response(svc.hotloop_model(request.match_info["model_id"]))
 
@@ -221,5 +232,8 @@ def build_app(service: TrainerService) -> web.Application:
     r.add_post("/api/v1/asample", work(svc.sampler.asample))
     r.add_post("/api/v1/retrieve_future", retrieve_future)
     r.add_get("/api/v1/hotloop/models/{model_id}", hotloop_model)
+    r.add_get("/api/v1/training_runs/{run_id}", training_run)
+    r.add_get("/api/v1/training_runs/{run_id}/checkpoints", run_checkpoints)
+    r.add_delete("/api/v1/training_runs/{run_id}/checkpoints/{kind}/{name}", delete_checkpoint)
     app.cleanup_ctx.append(sweeper)
     return app

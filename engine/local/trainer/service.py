@@ -47,6 +47,7 @@ class ModelEntry:
     executor: ThreadPoolExecutor
     lora: LoraSpec
     state: ModelState | None = None  # set on the worker thread once created
+    created: float = field(default_factory=time.time)
 
     def require_state(self) -> ModelState:
         if self.state is None:
