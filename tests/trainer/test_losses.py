@@ -81,3 +81,30 @@ def test_two_dimensional_targets_and_ragged_batches(tiny_model_dir: Path) -> Non
     both, _ = state.forward_backward([flat, short], "cross_entropy", {}, forward_only=True)
     np.testing.assert_allclose(both[1]["logprobs"], single[0]["logprobs"], atol=1e-5)
     np.testing.assert_allclose(both[0]["logprobs"], outs[0]["logprobs"][:, 0], atol=1e-5)
+
+
+def test_adam_params_clip_norm_and_decoupled_weight_decay(tiny_model_dir: Path) -> None:
+    from engine.local.models import load_model
+    from engine.local.trainer.models import AdamHyper
+
+    spec = LoraSpec(0)
+    state = ModelState("m", "tiny", spec, build_module(load_model("tiny"), spec), 1024, 1024)
+    data = [DatumIn(np.array([5, 6, 7], np.int64), {"target_tokens": np.array([6, 7, 8], np.int64)})]
+    state.forward_backward(data, "cross_entropy", {}, forward_only=False)
+    norm_before = torch.sqrt(sum((p.grad**2).sum() for p in state.trainable().values() if p.grad is not None))
+    norm_layer = state.module.model.norm.weight
+    before = norm_layer.detach().clone()
+    metrics = state.optim_step(
+        AdamHyper(learning_rate=1e-2, beta1=0.9, grad_clip_norm=1e-3, weight_decay=0.5)
+    )
+    assert metrics["grad_norm:mean"] == pytest.approx(
+        float(norm_before), rel=1e-4
+    )  # reported before clipping
+    assert state.optimizer is not None
+    moments = [state.optimizer.state[p]["exp_avg"] for p in state.trainable().values()]
+    clipped = torch.sqrt(sum((m**2).sum() for m in moments))
+    assert float(clipped) == pytest.approx((1 - 0.9) * 1e-3, rel=1e-3)  # exp_avg = (1 - beta1) * clipped grad
+    # Decoupled decay: p <- p * (1 - lr * wd) on top of the Adam update (which is at most ~lr per element).
+    change = (norm_layer.detach() - before * (1 - 1e-2 * 0.5)).abs().max()
+    assert float(change) <= 1e-2 * 1.01
+    assert metrics["optimizer_step:max"] == 1.0
