@@ -193,3 +193,19 @@ def test_rest_client_runs_and_checkpoints(trainer: ServerThread) -> None:
     caps = rest.get_server_capabilities().result()
     assert caps.supported_models[0].model_name == "tiny"
     svc.close("success").result()
+
+
+@pytest.mark.filterwarnings("ignore:DEPRECATED:FutureWarning")
+def test_legacy_load_state_into_an_existing_model(trainer: ServerThread) -> None:
+    svc = _service_client(trainer)
+    tc = _create(svc, 0)
+    path = tc.save_state("before-training").result().path
+    want = logprobs_of(tc.forward([datum(EXAMPLE)], "cross_entropy").result())
+    tc.forward_backward([datum(EXAMPLE)], "cross_entropy")
+    tc.optim_step(types.AdamParams(learning_rate=1e-2)).result()
+    assert np.abs(logprobs_of(tc.forward([datum(EXAMPLE)], "cross_entropy").result()) - want).max() > 1e-3
+    tc.load_state(path).result()  # seq-ordered load into the same model (weights only)
+    np.testing.assert_array_equal(logprobs_of(tc.forward([datum(EXAMPLE)], "cross_entropy").result()), want)
+    with pytest.raises(tinker.RequestFailedError, match="not found"):
+        tc.load_state(path.replace("before-training", "never-saved")).result()
+    svc.close("success").result()

@@ -114,10 +114,20 @@ class LoadedState:
     optimizer: dict[str, torch.Tensor]
 
 
-def read_state(target: Path, with_optimizer: bool) -> LoadedState:
+def read_meta(target: Path) -> dict[str, Any]:
     if not (target / "meta.json").exists():
         raise NotFound(f"checkpoint {target.name!r} not found")
-    meta = json.loads((target / "meta.json").read_text())
+    try:
+        meta = json.loads((target / "meta.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"checkpoint {target.name!r}: meta.json is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise RequestError(f"checkpoint {target.name!r}: meta.json is not an object")
+    return meta
+
+
+def read_state(target: Path, with_optimizer: bool) -> LoadedState:
+    meta = read_meta(target)
     weights = load_file(str(target / "weights.safetensors"))
     opt = load_file(str(target / "optimizer.safetensors")) if with_optimizer else {}
     return LoadedState(meta=meta, weights=weights, optimizer=opt)

@@ -268,19 +268,16 @@ class TrainerService:
         tp = checkpoints.parse_tinker_path(path)
         if tp.kind != "weights":
             raise RequestError(f"path {path!r}: only weights/ (save_state) paths can seed a training client")
-        target = checkpoints.state_path(self.state_dir, tp.run_id, tp.name)
-        if not (target / "meta.json").exists():
-            raise NotFound(f"checkpoint {path} not found under {self.state_dir}")
-        return tp, target
+        return tp, checkpoints.state_path(self.state_dir, tp.run_id, tp.name)
 
     def load_weights(self, body: dict[str, Any]) -> dict[str, Any]:
         tp, target = self._state_dir_for(body.get("path"))
         with_opt = bool(body.get("optimizer", False))
         if body.get("model_id") is not None:  # legacy form: an ordered op on an existing model
+            # Existence is checked when it runs: a save queued just before it may write it.
 
             def load_into(state: ModelState) -> Outcome:
-                loaded = checkpoints.read_state(target, with_opt)
-                state.load(loaded, with_opt)
+                state.load(checkpoints.read_state(target, with_opt), with_opt)
                 return Outcome(json={"type": "load_weights", "path": str(tp), "model_id": state.model_id})
 
             return self._ordered(body, "load_weights", load_into)
@@ -289,8 +286,13 @@ class TrainerService:
             self.check_base_model(body.get("base_model"))
         if not with_opt:
             params.optimizer_config(body)
-        meta = checkpoints.read_state(target, with_optimizer=False).meta
-        lora = LoraSpec(**meta.get("lora", {"rank": 0}))
+        if not (target / "meta.json").exists():
+            raise NotFound(f"checkpoint {tp} not found under {self.state_dir}")
+        meta = checkpoints.read_meta(target)
+        try:
+            lora = LoraSpec(**meta.get("lora", {"rank": 0}))
+        except TypeError as exc:
+            raise RequestError(f"checkpoint {tp}: unreadable lora settings in meta.json ({exc})") from exc
         entry = self._new_entry(session.session_id, body.get("model_seq_id"), lora)
 
         def create_and_load() -> Outcome:
