@@ -188,3 +188,54 @@ def test_api_key_is_required_when_configured(trainer: ServerThread, tmp_path: Pa
         assert r.status_code == 401 and "X-API-Key" in r.json()["detail"]
         assert http.post("/create_session", json={}, headers={"X-API-Key": "tml-wrong"}).status_code == 401
         assert http.post("/create_session", json={}, headers={"X-API-Key": "tml-secret"}).status_code == 200
+
+
+def test_zstd_bodies_and_sampling_validation(raw: Raw, trainer: ServerThread, model: str) -> None:
+    import zstandard
+
+    body = fwdbwd_body(model, _next_seq(trainer, model), [datum(EXAMPLE)], True)
+    headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "zstd"}
+    r = raw.http.post("/forward_backward", content=zstandard.ZstdCompressor().compress(body), headers=headers)
+    assert r.status_code == 200 and raw.result(r.json()["request_id"]).status_code == 200
+    r = raw.http.post("/forward_backward", content=b"not zstd at all", headers=headers)
+    assert r.status_code == 400 and "zstd" in r.json()["detail"]
+
+    session = raw.session()
+    sid = raw.ok(
+        "/create_sampling_session",
+        {"session_id": session, "sampling_session_seq_id": 0, "base_model": "tiny"},
+    )["sampling_session_id"]
+    assert raw.http.get(f"/samplers/{sid}").json() == {
+        "sampler_id": sid,
+        "base_model": "tiny",
+        "model_path": None,
+    }
+    prompt = {"chunks": [{"type": "encoded_text", "tokens": [5, 6, 7]}]}
+    bad = [
+        ({"max_tokens": None}, "max_tokens"),
+        ({"max_tokens": 2000}, "exceeds"),
+        ({"max_tokens": 4, "stop": [1.5]}, "stop"),
+    ]
+    for params, needle in bad:
+        r = raw.post("/asample", {"sampling_session_id": sid, "prompt": prompt, "sampling_params": params})
+        assert r.status_code == 400 and needle in r.json()["detail"], r.text
+    r = raw.post(
+        "/asample",
+        {
+            "sampling_session_id": sid,
+            "prompt": {"chunks": [{"tokens": [9999]}]},
+            "sampling_params": {"max_tokens": 2},
+        },
+    )
+    assert r.status_code == 400 and "out of range" in r.json()["detail"]
+    ok = raw.ok(
+        "/asample",
+        {
+            "sampling_session_id": sid,
+            "prompt": prompt,
+            "num_samples": 2,
+            "sampling_params": {"max_tokens": 3, "seed": 7, "temperature": 0.0},
+        },
+    )
+    assert len(ok["sample_sequence_ids"]) == 2
+    assert raw.result(ok["request_id"]).headers["content-type"] == "application/x-protobuf"

@@ -51,7 +51,12 @@ class TrainerServer:
         self.config.bucket.mkdir(parents=True, exist_ok=True)
         self.service.state_dir.mkdir(parents=True, exist_ok=True)
         self._runner = web.AppRunner(
-            build_app(self.service), access_log=None, handle_signals=False, shutdown_timeout=2.0
+            build_app(self.service),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=2.0,
+            # Bodies are decoded by the handlers (zstd needs no extra package there).
+            auto_decompress=False,
         )
         await self._runner.setup()
         # A stop must not wait out a client's 25 s retrieve_future long-poll.
