@@ -110,3 +110,19 @@ async def test_bad_reward_stops_the_run_and_resume_works_after_the_fix(
         sys.path.remove(str(tmp_path))
     assert summary.status == "done" and summary.steps == 3 and summary.generation == 3
     check_exactly_once(run_dir, 3)
+
+
+def test_a_run_dir_pins_its_config(tmp_path: Path) -> None:
+    """`hotloop run` pointed at an existing run resumes it only with the same config."""
+    from engine.api import _prepare_dir
+
+    first, rd = _prepare_dir(validate_config(tiny_config(tmp_path / "r", "pin")), None)
+    assert rd.exists() and first.run_dir == rd.path
+    same, _ = _prepare_dir(validate_config(tiny_config(tmp_path / "r", "pin")), None)
+    assert same == first
+    stored, _ = _prepare_dir(None, tmp_path / "r")  # `hotloop resume` takes the stored config
+    assert stored == first
+    with pytest.raises(ConfigError, match=r"run_dir: .* holds a run with a different config"):
+        _prepare_dir(validate_config(tiny_config(tmp_path / "r", "pin", max_steps=9)), None)
+    with pytest.raises(ConfigError, match="not a run directory"):
+        _prepare_dir(None, tmp_path / "nothing-here")
