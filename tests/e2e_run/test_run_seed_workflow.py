@@ -92,3 +92,40 @@ async def test_sft_with_periodic_sync_and_eval(run_stack: Any, tmp_path: Path) -
     assert [r["step"] for r in ledger if r["kind"] == "sync"] == synced
     assert [r["step"] for r in ledger if r["kind"] == "snapshot"] == synced
     assert [r["step"] for r in rows(run_dir) if r["kind"] == "eval"] == [0, 2, 4]
+
+
+async def test_hotloop_run_starts_and_stops_its_own_embedded_stack(tmp_path: Path) -> None:
+    """The default backend: `hotloop run` brings up an embedded stack under the run directory,
+    runs, writes summary.json, says where the run is, and stops the stack."""
+    import asyncio
+    import os
+    import signal
+    import sys
+
+    import yaml
+
+    run_dir = tmp_path / "own"
+    cfg = tiny_config(run_dir, "own", max_steps=1, intervals={"eval_every": 1})
+    config = tmp_path / "own.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine.cli", "run", str(config), "--no-progress",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "TINKER_TELEMETRY": "0"},
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 240)
+    finally:
+        if proc.returncode is None:  # let it stop its stack, then make sure
+            proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert f"run directory: {run_dir.resolve()}" in out.decode()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["steps"] == 1
+    assert summary["eval_score_first"] is not None and summary["eval_score_last"] is not None
+    assert "embedded stack stopped" in err.decode()
