@@ -8,10 +8,8 @@ being a floor; every other 4xx fails at once with the server's own message as a 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import random
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +26,17 @@ from engine.control.errors import (
 )
 from engine.errors import ConfigError, RetryableError
 from engine.log import get_logger
+from engine.retry import backoff_delay, parse_retry_after
 
+# 425 (too early) is transient like a 5xx here; the sampler keeps its own set, as it budgets 404/425 apart.
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 log = get_logger("control.rest")
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """The control-plane client's retry budget: attempts, backoff and a total wall-clock budget."""
+
     max_attempts: int = 8
     initial_backoff_s: float = 1.0
     max_backoff_s: float = 30.0
@@ -43,25 +45,15 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after_s: float | None, jitter: float) -> float:
         """Sleep before retry number ``attempt`` (1-based). ``jitter`` is drawn from U[0.5, 1.5)."""
-        backoff = min(self.initial_backoff_s * 2 ** (attempt - 1), self.max_backoff_s) * jitter
-        if retry_after_s is not None:
-            backoff = max(backoff, min(retry_after_s, self.max_retry_after_s))
-        return backoff
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds: a number of seconds or an HTTP-date; None when absent or garbled."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+        return backoff_delay(
+            attempt,
+            initial_s=self.initial_backoff_s,
+            multiplier=2.0,
+            max_s=self.max_backoff_s,
+            jitter=jitter,
+            retry_after_s=retry_after_s,
+            max_retry_after_s=self.max_retry_after_s,
+        )
 
 
 def server_message(body: Any, fallback: str) -> str:

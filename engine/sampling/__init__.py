@@ -6,6 +6,7 @@ owners, ``stream_completion`` runs one streamed attempt and returns a ``StreamRe
 timings; ``RetryPolicy`` is the sampler's retry budget as a value.
 """
 
+from engine.retry import parse_retry_after
 from engine.sampling.controllers import (
     AdaptiveConcurrencyController,
     AdmissionGate,
@@ -21,7 +22,7 @@ from engine.sampling.errors import (
     SamplingTimeoutError,
 )
 from engine.sampling.metrics import ServerMetrics
-from engine.sampling.retry import RetryPolicy, parse_retry_after
+from engine.sampling.retry import RetryPolicy
 from engine.sampling.sampler import DeploymentSampler, SampledCompletion
 from engine.sampling.stream import StreamResult, stream_completion
 

@@ -13,14 +13,13 @@ state costs ~160 us per request, a quarter of the sampler's whole client overhea
 
 from __future__ import annotations
 
-import email.utils
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from engine.errors import ConfigError
+from engine.retry import backoff_delay
 from engine.sampling.errors import AttemptError
 
 T = TypeVar("T")
@@ -30,26 +29,10 @@ RETRYABLE_STATUSES: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
 NOT_READY_STATUSES: frozenset[int] = frozenset({404, 425})
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent/invalid."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
+    """The sampler's retry budget per logical request (the control-plane client has its own)."""
+
     max_attempts: int = 7
     """Attempts per logical request, the first included."""
     backoff_initial_s: float = 2.0
@@ -79,13 +62,15 @@ class RetryPolicy:
 
     def backoff(self, failed_attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
         """Sleep before the attempt after ``failed_attempt`` (1-based)."""
-        base = min(
-            self.backoff_initial_s * self.backoff_multiplier ** (failed_attempt - 1), self.backoff_max_s
+        return backoff_delay(
+            failed_attempt,
+            initial_s=self.backoff_initial_s,
+            multiplier=self.backoff_multiplier,
+            max_s=self.backoff_max_s,
+            jitter=rng.uniform(self.jitter_low, self.jitter_high),
+            retry_after_s=retry_after_s,
+            max_retry_after_s=self.retry_after_cap_s,
         )
-        delay = base * rng.uniform(self.jitter_low, self.jitter_high)
-        if retry_after_s is not None:
-            delay = max(delay, min(retry_after_s, self.retry_after_cap_s))
-        return delay
 
 
 async def retry_attempts(

@@ -26,9 +26,10 @@ from typing import Any
 
 import aiohttp
 
+from engine.retry import parse_retry_after
 from engine.sampling.errors import AttemptError, SamplingStatusError
 from engine.sampling.metrics import SNAPSHOT_HEADER, ServerMetrics
-from engine.sampling.retry import NOT_READY_STATUSES, RETRYABLE_STATUSES, parse_retry_after
+from engine.sampling.retry import NOT_READY_STATUSES, RETRYABLE_STATUSES
 from engine.sampling.sse import CompletionAccumulator, dumps
 
 _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
