@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.local.launch import DEPLOYMENT_URL_KEY, launched, serve_argv
 from engine.log import configure
 from engine.sampling import (
     AdaptiveConcurrencyController,
@@ -106,23 +105,6 @@ def simulated() -> list[float]:
 # ------------------------------------------------------------------------------------- embedded
 
 
-def _start_deployment(bucket: str) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "engine.cli", "serve", "deployment", "--port", "0", "--model", "tiny"]
-    cmd += ["--bucket", bucket, "--max-batch", "8", "--max-waiting", "4096"]
-    env = {**os.environ, "HOTLOOP_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("HOTLOOP_DEPLOYMENT_URL="):
-            return proc, line.split("=", 1)[1].strip()
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError("embedded deployment did not start")
-
-
 async def _drive(url: str, controller: object, seconds: float, warmup: float) -> tuple[float, float]:
     sampler = DeploymentSampler(
         url,
@@ -152,8 +134,11 @@ async def _drive(url: str, controller: object, seconds: float, warmup: float) ->
 def embedded() -> None:
     print("\n== embedded deployment (tiny model, --max-batch 8, wall clock, 2 shared cores) ==")
     with tempfile.TemporaryDirectory() as bucket:
-        proc, url = _start_deployment(bucket)
-        try:
+        extra = ["--max-batch", "8", "--max-waiting", "4096"]
+        argv = serve_argv("deployment", model="tiny", bucket=bucket, extra=extra)
+        env = {"HOTLOOP_LOG_LEVEL": "WARNING"}
+        with launched(argv, DEPLOYMENT_URL_KEY, timeout_s=120, extra_env=env, grace_s=10) as server:
+            url = server.url
             asyncio.run(_drive(url, FixedConcurrencyController(8), 3.0, 0.0))  # warm the server
             best = (0, 0.0, 0.0)
             for window in (8, 12, 16, 24):
@@ -176,12 +161,6 @@ def embedded() -> None:
                 print(f"fixed W={best[0]:<3d} {rate:7.2f} completions/s  mean pq {pq:.3f} s")
             ratio = totals["adaptive"] / totals["fixed"]
             print(f"adaptive / best fixed (W={best[0]}), alternating runs: {ratio:.3f}")
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def main() -> int:

@@ -20,13 +20,13 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
-import sys
 import time
 from typing import Any
 
 import aiohttp
+
+from engine.local.launch import DEPLOYMENT_URL_KEY, alaunched, serve_argv
 
 
 async def _one(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -84,40 +84,16 @@ async def run_level(
     return sum(r["tokens"] for r in results) / wall, results
 
 
-async def start_server(model: str, max_batch: int) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "engine.cli",
-        "serve",
-        "deployment",
-        "--port",
-        "0",
-        "--model",
-        model,
-        "--max-batch",
-        str(max_batch),
-        "--max-waiting",
-        "4096",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    async with asyncio.timeout(300):
-        line = (await proc.stdout.readline()).decode().strip()
-    if not line.startswith("HOTLOOP_DEPLOYMENT_URL="):
-        proc.kill()
-        raise RuntimeError(f"deployment did not start: {line!r}")
-    return proc, line.split("=", 1)[1]
-
-
 def _p50(results: list[dict[str, Any]], key: str) -> float:
     return statistics.median(float(r[key]) for r in results)
 
 
 async def bench(args: argparse.Namespace) -> None:
-    proc, url = await start_server(args.model, args.max_batch)
-    try:
+    argv = serve_argv(
+        "deployment", model=args.model, extra=["--max-batch", str(args.max_batch), "--max-waiting", "4096"]
+    )
+    async with alaunched(argv, DEPLOYMENT_URL_KEY, timeout_s=300) as server:
+        url = server.url
         await run_level(url, 4, 4, args.prompt_len, 4, first=900)  # warm-up
         rows: list[tuple[int, float, list[dict[str, Any]]]] = []
         for concurrency, requests, first in ((1, 8, 0), (8, 32, 100), (32, 64, 200)):
@@ -126,9 +102,6 @@ async def bench(args: argparse.Namespace) -> None:
             )
             rows.append((concurrency, tps, results))
         _, queue_results = await run_level(url, 64, 128, args.prompt_len, args.max_tokens // 2, first=300)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        await proc.wait()
     base = rows[0][1]
     print(f"\nmodel={args.model} max_batch={args.max_batch} prompt={args.prompt_len}", end=" ")
     print(f"max_tokens={args.max_tokens}")

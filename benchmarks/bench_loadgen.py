@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,21 +33,9 @@ from engine.loadtest.output import RunOutput, load_description
 from engine.loadtest.prompts import Prompt
 from engine.loadtest.runner import CellResult, CellRunner, new_session
 from engine.loadtest.schedules import ClosedLoop, OpenLoop
+from engine.local.launch import MOCK_URL_KEY, launched
 
-
-def start_server() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.loadtest.mock_server", "--port", "0", "--model", "bench"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("HOTLOOP_MOCK_URL="):
-        proc.kill()
-        raise SystemExit(f"mock server did not start: {line!r}")
-    return proc, line.strip().split("=", 1)[1]
+MOCK_ARGV = [sys.executable, "-m", "engine.loadtest.mock_server", "--port", "0", "--model", "bench"]
 
 
 async def bare_loop(
@@ -98,8 +85,9 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
-    proc, base = start_server()
-    try:
+    repo = Path(__file__).resolve().parents[1]
+    with launched(MOCK_ARGV, MOCK_URL_KEY, timeout_s=60, cwd=repo, grace_s=10) as server:
+        base = server.url
         url = base + "/inference/v1/completions"
         prompts = [Prompt(list(range(10, 42)), a.tokens)]
         target = Target(url=url, model="bench", temperature=1.0)
@@ -146,9 +134,6 @@ def main() -> int:
                 f" completed {cell['completed']}/{cell['requests']}, dispatch lag ms p50 {lag['p50']:.2f}"
                 f" p90 {lag['p90']:.2f} p99 {lag['p99']:.2f} max {lag['max']:.2f}"
             )
-    finally:
-        proc.terminate()
-        proc.wait(10)
     return 0
 
 

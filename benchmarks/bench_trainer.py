@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from engine.local.launch import TRAINER_URL_KEY, launched, serve_argv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,36 +58,6 @@ def cpu_seconds(pid: int) -> float:
     """user + system CPU time of a process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def start_server(model: str, threads: int, root: Path) -> tuple[subprocess.Popen[str], str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "engine.cli",
-        "serve",
-        "trainer",
-        "--port",
-        "0",
-        "--model",
-        model,
-        "--bucket",
-        str(root / "bucket"),
-        "--threads",
-        str(threads),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        if select.select([proc.stdout], [], [], 1.0)[0] and proc.stdout is not None:
-            line = proc.stdout.readline().strip()
-            if line.startswith("HOTLOOP_TRAINER_URL="):
-                return proc, line.split("=", 1)[1]
-    proc.kill()
-    raise RuntimeError("trainer did not start")
 
 
 class Service:
@@ -139,8 +107,12 @@ def main() -> None:
     t_bare = t_svc = cpu_bare = cpu_svc = 0.0
     per_round: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(a.model, a.threads, Path(tmp))
-        try:
+        argv = serve_argv(
+            "trainer", model=a.model, bucket=Path(tmp) / "bucket", extra=["--threads", str(a.threads)]
+        )
+        env = {"OMP_NUM_THREADS": str(a.threads)}
+        with launched(argv, TRAINER_URL_KEY, timeout_s=180, extra_env=env, cwd=REPO, grace_s=60) as server:
+            proc, url = server.proc, server.url
             bare, served = Bare(a.model, rows), Service(url, a.model, rows)
             bare.run(a.warmup)
             served.run(a.warmup)
@@ -157,9 +129,6 @@ def main() -> None:
                 per_round.append(round_bare / round_svc)
                 cpu_svc += cpu_seconds(proc.pid) - c0
             served.svc.close("success").result()
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
     n = a.steps * a.rounds
     print(
         f"model={a.model} batch={a.batch}x{a.length} steps={n} "

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,41 +11,25 @@ import aiohttp
 import pytest
 from deployment_helpers import complete, hot_load, stream, write_chain
 
+from engine.local.launch import DEPLOYMENT_URL_KEY, alaunched, serve_argv
+
 
 @pytest.fixture
 async def deployment_process(tiny_model_dir: Path, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     bucket = tmp_path / "bucket"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "engine.cli",
-        "serve",
-        "deployment",
-        "--port",
-        "0",
-        "--model",
-        str(tiny_model_dir),
-        "--bucket",
-        str(bucket),
-        "--api-key",
-        "secret-key",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "HOTLOOP_LOG_FORMAT": "json"},
+    argv = serve_argv(
+        "deployment", model=str(tiny_model_dir), bucket=bucket, extra=["--api-key", "secret-key"]
     )
-    try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(120):
-            line = (await proc.stdout.readline()).decode().strip()
-        assert line.startswith("HOTLOOP_DEPLOYMENT_URL=http://127.0.0.1:"), line
-        yield line.split("=", 1)[1], bucket
-        proc.send_signal(signal.SIGTERM)
+    async with alaunched(
+        argv, DEPLOYMENT_URL_KEY, timeout_s=120, extra_env={"HOTLOOP_LOG_FORMAT": "json"}
+    ) as server:
+        # The URL line is the first and only stdout line, in exactly this format.
+        assert server.before == (), server.before
+        assert server.line.startswith("HOTLOOP_DEPLOYMENT_URL=http://127.0.0.1:"), server.line
+        yield server.url, bucket
+        server.proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
-            assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+            assert await server.proc.wait() == 0
 
 
 async def test_serve_deployment_subprocess(

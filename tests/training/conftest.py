@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from engine.local.launch import TRAINER_URL_KEY, launched, serve_argv
 
 
 @dataclass
@@ -19,47 +17,23 @@ class TrainerProc:
     url: str
     bucket: Path
     state_dir: Path
-    proc: subprocess.Popen[str]
-
-
-def start_trainer(root: Path, model: str = "tiny", timeout_s: float = 120.0) -> TrainerProc:
-    bucket, state = root / "bucket", root / "state"
-    bucket.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "engine.cli", "serve", "trainer", "--port", "0", "--model", model]
-    cmd += ["--bucket", str(bucket), "--state-dir", str(state)]
-    log = open(root / "trainer.log", "w")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "TINKER_TELEMETRY": "0"}
-    )
-    deadline = time.monotonic() + timeout_s
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("HOTLOOP_TRAINER_URL="):
-            return TrainerProc(line.split("=", 1)[1].strip(), bucket, state, proc)
-        if not line and proc.poll() is not None:
-            break
-    stop(proc)
-    raise RuntimeError(f"trainer did not start: {(root / 'trainer.log').read_text()[-2000:]}")
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+    proc: subprocess.Popen[bytes]
 
 
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerProc]:
-    t = start_trainer(tmp_path_factory.mktemp("trainer"))
-    try:
-        yield t
-    finally:
-        stop(t.proc)
+    root = tmp_path_factory.mktemp("trainer")
+    bucket, state = root / "bucket", root / "state"
+    bucket.mkdir(parents=True, exist_ok=True)
+    argv = serve_argv("trainer", model="tiny", bucket=bucket, extra=["--state-dir", str(state)])
+    with launched(
+        argv,
+        TRAINER_URL_KEY,
+        timeout_s=120,
+        extra_env={"TINKER_TELEMETRY": "0"},
+        log_path=root / "trainer.log",
+    ) as server:
+        yield TrainerProc(server.url, bucket, state, server.proc)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from engine.local.launch import describe_exit, url_from_line
 from engine.log import get_logger
 
 log = get_logger("controlplane.supervisor")
@@ -33,18 +34,6 @@ def _child_setup() -> None:  # pragma: no cover - runs in the forked child befor
 
 class ChildStartError(RuntimeError):
     """The child exited, or never printed its URL line, before it was ready."""
-
-
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "still running"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"killed by {name}"
-    return f"exited with code {returncode}"
 
 
 class Child:
@@ -116,8 +105,9 @@ class Child:
                         await self.proc.wait()
                         raise ChildStartError(f"{self.name} {self.exit_reason()} before it was ready")
                     line = raw.decode("utf-8", "replace").strip()
-                    if line.startswith(self.url_prefix + "="):
-                        self.url = line.split("=", 1)[1].rstrip("/")
+                    url = url_from_line(line, self.url_prefix)
+                    if url is not None:
+                        self.url = url.rstrip("/")
                         break
                     self._stdout_tail.append(line)
         except asyncio.CancelledError:
