@@ -153,8 +153,9 @@ def launched(
 ) -> Iterator[LaunchedServer[subprocess.Popen[bytes]]]:
     """Start ``argv`` (environment = this process's plus ``extra_env``) and yield it with its URL.
 
-    Raises LaunchError if it exits, or prints no readiness line within ``timeout_s``, first. Always stopped on the way
-    out (SIGTERM, SIGKILL after ``grace_s``); a caller may stop it earlier to check its exit code.
+    Raises LaunchError if it exits, or prints no readiness line within ``timeout_s``, first. Always
+    stopped on the way out (SIGTERM, SIGKILL after ``grace_s``); a caller may stop it earlier to check
+    its exit code.
     """
     with _stderr_file(log_path) as err:
         proc = subprocess.Popen(
