@@ -89,10 +89,10 @@ class EmbeddedStack:
             )
         try:
             await self._read_lines()
-        except BaseException:
+            log.info("embedded stack up", base_url=self._base_url, pid=self._proc.pid)
+        except BaseException:  # whatever fails after the spawn, the child must not outlive us
             await self.stop()
             raise
-        log.info("embedded stack up", base_url=self._base_url, pid=self._proc.pid)
         return self
 
     async def _read_lines(self) -> None:
