@@ -14,10 +14,10 @@ from engine.control.config import (
     TrainerJobConfig,
     new_trainer_job_id,
 )
-from engine.control.errors import ConflictError, ControlPlaneError, NotFoundError, TrainerJobFailedError
+from engine.control.errors import ConflictError, ControlPlaneError, TrainerJobFailedError
 from engine.control.rest import RestClient, RetryPolicy
 from engine.control.states import JOB_STATE_RUNNING, RESUMABLE_STATES, job_phase, job_status_message
-from engine.errors import StuckError
+from engine.errors import RetryableError, StuckError
 from engine.log import get_logger
 
 log = get_logger("control.trainer")
@@ -245,9 +245,7 @@ class TrainerJobManager(RestClient):
             elapsed = self.clock.monotonic() - started
             try:
                 job = await self.get(job_id)
-            except NotFoundError:
-                raise
-            except Exception as exc:
+            except RetryableError as exc:  # a fatal answer (401, 404, bad request) does not heal by waiting
                 if elapsed >= max_wait_for_resumable_s:
                     raise StuckError(f"trainer job {job_id!r} unreadable for {elapsed:.0f}s: {exc}") from exc
                 log.warning("reconnect: get failed, retrying", job_id=job_id, error=str(exc))
