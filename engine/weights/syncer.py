@@ -217,6 +217,11 @@ class WeightSyncer:
                 raise StuckError(
                     reason or f"deployment did not serve {identity!r} within {self.hotload_timeout_s:g}s"
                 )
+        except asyncio.CancelledError:
+            # Cancelled mid hot-load (a state timeout, shutdown): the deployment may now hold either
+            # snapshot, so the next decision must read it back instead of diffing against a guess.
+            self._state = chain.apply(self._state, chain.HotloadFailed(identity))
+            raise
         except (HotloopError, TimeoutError) as exc:
             self._state = chain.apply(self._state, chain.HotloadFailed(identity))
             self._log.warning("hot-load failed; next snapshot is base", identity=identity, error=str(exc))

@@ -202,3 +202,28 @@ async def test_bad_input() -> None:
         WeightSyncer(FakeSession(clock), object(), "dep", "tiny", full_every=-1)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="deployment_id"):
         WeightSyncer(FakeSession(clock), object(), "", "tiny")  # type: ignore[arg-type]
+
+
+async def test_cancelled_hotload_makes_the_held_identity_unknown() -> None:
+    import asyncio
+
+    syncer, session, mgr = make(full_every=10)
+    await syncer.save_and_hotload("a")
+    real_wait = mgr.wait_for_hotload
+
+    async def hang(*args: Any, **kwargs: Any) -> bool:
+        await asyncio.sleep(3600)
+        return await real_wait(*args, **kwargs)
+
+    mgr.wait_for_hotload = hang  # type: ignore[method-assign]
+    task = asyncio.create_task(syncer.save_and_hotload("b"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert syncer.deployed_identity is None  # the deployment may hold a or b: read back before deciding
+    mgr.wait_for_hotload = real_wait  # type: ignore[method-assign]
+    calls = mgr.status_calls
+    await syncer.save_and_hotload("c")
+    assert mgr.status_calls == calls + 1 and session.saves[-1][1] == "base"
