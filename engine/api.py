@@ -265,6 +265,9 @@ def start(
     if on_event is not None:
         bus.add_callback(on_event)
     task = asyncio.get_running_loop().create_task(_execute(cfg, run_dir, bus, connection), name="hotloop-run")
+    # The Runner publishes a terminal event only for failures inside a state; a run that ends before
+    # or outside one (bad run dir, the embedded stack not starting) must still end subscriptions.
+    task.add_done_callback(lambda _: bus.close())
     return RunHandle(task, bus)
 
 

@@ -205,3 +205,19 @@ def test_fault_plan_parsing() -> None:
     assert FaultPlan.from_env("kill:SYNCING:enter") == FaultPlan(S.SYNCING, None, "enter")
     with pytest.raises(ValueError, match="HOTLOOP_FAULT"):
         FaultPlan.from_env("kill:nowhere")
+
+
+async def test_event_subscription_ends_when_a_run_fails_before_any_state(tmp_path: Path) -> None:
+    from engine.api import start
+    from engine.errors import ConfigError
+
+    handle = start(None, run_dir=tmp_path / "not-a-run")  # fails in _prepare_dir, before the Runner
+
+    async def drain() -> list[object]:
+        return [e async for e in handle.events()]
+
+    events = asyncio.create_task(drain())
+    with pytest.raises(ConfigError, match="not a run directory"):
+        await handle.wait()
+    async with asyncio.timeout(5):
+        assert await events == []
