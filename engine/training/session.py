@@ -170,7 +170,11 @@ class TrainingSession:
         client = await _create(service, _submit, timeout_s, f"load state {state_path}")
         session = await cls._finish(service, client, base_url, api_key, tag, op_timeout_s, timeout_s)
         if with_optimizer:
-            info = await session.trainer_info(timeout_s=min(timeout_s, 60.0))
+            try:
+                info = await session.trainer_info(timeout_s=min(timeout_s, 60.0))
+            except BaseException:
+                await session.close()  # the caller never gets the session: stop its heartbeat here
+                raise
             session.resumed_steps = int(info.get("optimizer_steps") or 0) if info else 0
         return session
 
