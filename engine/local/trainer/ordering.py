@@ -96,7 +96,12 @@ class OrderedQueue:
             if not after:
                 del self._after[self.next_seq_id - 1]
             return op
-        return self._pending.pop(self.next_seq_id, None)
+        op = self._pending.pop(self.next_seq_id, None)
+        if op is not None:
+            # Advance now, not when it finishes: while it runs, a retry of its seq_id must be refused
+            # and an unsequenced op must anchor after it (anchored before it, it would never run).
+            self.next_seq_id += 1
+        return op
 
     async def _next(self) -> _Op | None:
         while (op := self._ready()) is None:
@@ -153,8 +158,6 @@ class OrderedQueue:
                 seconds=round(time.perf_counter() - start, 4),
                 error=outcome.is_error,
             )
-            if op.seq_id is not None:
-                self.next_seq_id = op.seq_id + 1
             self._store.resolve(op.request_id, outcome)
             if not self._pending and not self._after:
                 self._idle.set()
