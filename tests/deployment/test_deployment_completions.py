@@ -171,6 +171,7 @@ async def test_text_prompts_and_stop_strings_and_stop_ids(
         (json.dumps({"max_tokens": 3}).encode(), "prompt"),
         (json.dumps({"prompt": [5], "temperature": -1}).encode(), "temperature"),
         (json.dumps({"prompt": [5], "top_logprobs": 99}).encode(), "top_logprobs"),
+        (json.dumps({"prompt": [5], "seed": 2**64}).encode(), "seed"),
     ],
 )
 async def test_malformed_requests_get_400_naming_the_field(

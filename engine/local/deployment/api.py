@@ -105,6 +105,9 @@ def parse_completion(
     data: dict[str, Any], *, tokenizer: Any, vocab_size: int, max_positions: int, eos_token_id: int | None
 ) -> CompletionPlan:
     req: CompletionRequest = _validate(CompletionRequest, data)
+    # Choice i is seeded with seed + i; torch.Generator.manual_seed takes [-2**63, 2**64).
+    if req.seed is not None and not -(2**63) <= req.seed <= 2**64 - req.n:
+        raise RequestError("seed", f"must be an integer in [-2**63, 2**64 - n), got {req.seed}")
     if isinstance(req.prompt, str):
         prompt = list(tokenizer.encode(req.prompt, add_special_tokens=False))
     else:
