@@ -96,12 +96,12 @@ class OrderedQueue:
             if not after:
                 del self._after[self.next_seq_id - 1]
             return op
-        op = self._pending.pop(self.next_seq_id, None)
-        if op is not None:
+        sequenced = self._pending.pop(self.next_seq_id, None)
+        if sequenced is not None:
             # Advance now, not when it finishes: while it runs, a retry of its seq_id must be refused
             # and an unsequenced op must anchor after it (anchored before it, it would never run).
             self.next_seq_id += 1
-        return op
+        return sequenced
 
     async def _next(self) -> _Op | None:
         while (op := self._ready()) is None:
