@@ -215,10 +215,15 @@ def test_zstd_bodies_and_sampling_validation(raw: Raw, trainer: ServerThread, mo
         ({"max_tokens": None}, "max_tokens"),
         ({"max_tokens": 2000}, "exceeds"),
         ({"max_tokens": 4, "stop": [1.5]}, "stop"),
+        ({"max_tokens": 4, "seed": 2**64}, "sampling_params.seed"),
     ]
     for params, needle in bad:
         r = raw.post("/asample", {"sampling_session_id": sid, "prompt": prompt, "sampling_params": params})
         assert r.status_code == 400 and needle in r.json()["detail"], r.text
+    for extra in ({"topk_prompt_logprobs": "many"}, {"topk_sample_logprobs": -1}):
+        body = {"sampling_session_id": sid, "prompt": prompt, "sampling_params": {"max_tokens": 2}, **extra}
+        r = raw.post("/asample", body)
+        assert r.status_code == 400 and next(iter(extra)) in r.json()["detail"], r.text
     r = raw.post(
         "/asample",
         {

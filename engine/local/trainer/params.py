@@ -128,6 +128,14 @@ def sample_params(
     last_n = field(body, "prompt_logprobs_last_n", int, required=False)
     if last_n is not None and not 1 <= last_n <= prompt_len - 1:
         raise RequestError(f"prompt_logprobs_last_n must be in [1, {prompt_len - 1}], got {last_n}")
+    seed = field(sp, "seed", int, required=False)
+    if seed is not None and not -(2**63) <= seed < 2**64:  # torch.Generator.manual_seed's range
+        raise RequestError(f"sampling_params.seed must fit in 64 bits, got {seed}")
+    topk: dict[str, int] = {}
+    for name in ("topk_prompt_logprobs", "topk_sample_logprobs"):
+        topk[name] = field(body, name, int, required=False) or 0
+        if topk[name] < 0:
+            raise RequestError(f"{name} must be >= 0, got {topk[name]}")
     stop_tokens, stop_strings = parse_stop(sp.get("stop"), eos_id)
     if any(not 0 <= t < vocab for t in stop_tokens):
         raise RequestError("sampling_params.stop: token id out of range")
@@ -137,11 +145,11 @@ def sample_params(
         temperature=1.0 if temperature is None else temperature,
         top_k=field(sp, "top_k", int, required=False) or -1,
         top_p=1.0 if top_p is None else top_p,
-        seed=field(sp, "seed", int, required=False),
+        seed=seed,
         stop_tokens=stop_tokens,
         stop_strings=stop_strings,
         prompt_logprobs=bool(body.get("prompt_logprobs")),
         prompt_logprobs_last_n=last_n,
-        topk_prompt=int(body.get("topk_prompt_logprobs") or 0),
-        topk_sample=int(body.get("topk_sample_logprobs") or 0),
+        topk_prompt=topk["topk_prompt_logprobs"],
+        topk_sample=topk["topk_sample_logprobs"],
     )
