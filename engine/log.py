@@ -77,8 +77,9 @@ def configure(renderer: str | None = None, level: str | None = None) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
+            # Tracebacks are rendered to text first, so the redaction covers exception messages too.
             structlog.processors.format_exc_info,
+            redact_secrets,
             final,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, logging.INFO)),
