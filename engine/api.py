@@ -152,7 +152,7 @@ async def _execute(
     run_id = _run_id(config, rd)
     if resume.finished:
         log.info("run already finished", run_dir=str(rd.path))
-        return summarize(rd, "done", started, resume.generation, run_id=run_id)
+        return await asyncio.to_thread(summarize, rd, "done", started, resume.generation, run_id=run_id)
     task = load_task(config.task, config.reward)
     eval_rows, eval_sha = eval_set_json(task, config.eval.prompts)
     generation = resume.generation + 1
@@ -219,8 +219,16 @@ async def _execute(
                 await asyncio.shield(ctx.aclose(delete_resources=not config.keep_resources))
     finally:
         await asyncio.to_thread(journal.close)
-        summary = summarize(
-            rd, status, started, generation, run_id=run_id, served_identity=ctx.served_identity, error=error
+        # summarize reads the whole metrics.jsonl (one row per step): off the loop like the other I/O.
+        summary = await asyncio.to_thread(
+            summarize,
+            rd,
+            status,
+            started,
+            generation,
+            run_id=run_id,
+            served_identity=ctx.served_identity,
+            error=error,
         )
         await asyncio.to_thread(rd.write_summary, summary.as_dict())
     return summary
