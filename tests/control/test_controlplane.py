@@ -140,6 +140,11 @@ async def test_jobs_and_deployments_with_supervised_processes(cp: Plane, tmp_pat
                 assert resp.status == 400
                 assert "lora_rank mismatch" in (await resp.json())["error"]["message"]
             async with http.post(
+                f"{endpoint.base_url}/api/v1/create_model", json={"lora_config": {"rank": "four"}}
+            ) as resp:
+                assert resp.status == 400
+                assert "lora_config.rank" in (await resp.json())["error"]["message"]
+            async with http.post(
                 f"{endpoint.base_url}/api/v1/create_model", json={"lora_config": {"rank": 4}}
             ) as resp:
                 assert resp.status == 200
@@ -160,6 +165,10 @@ async def test_jobs_and_deployments_with_supervised_processes(cp: Plane, tmp_pat
         rows = await tm.list_checkpoints("job-1", page_size=1)
         assert [r["name"].rsplit("/", 1)[-1] for r in rows] == ["ckpt-1", "snap-1", "snap-2"]
         assert [r["promotable"] for r in rows] == [False, True, False]
+        with pytest.raises(ControlPlaneError, match="pageToken") as bad_page:
+            path = "/v1/accounts/local/rlorTrainerJobs/job-1/checkpoints"
+            await tm.request("GET", path, params={"pageToken": "-1"})
+        assert bad_page.value.status == 400
 
         # A crashed trainer shows FAILED with its exit reason; resume brings it back.
         pid = (await tm.get("job-1"))["hotloop"]["pid"]

@@ -94,7 +94,9 @@ def _check_lora(job_lora_rank: int, raw: bytes, job_id: str) -> None:
     except ValueError:
         return  # let the trainer explain its own parse error
     lora = body.get("lora_config") if isinstance(body, dict) else None
-    rank = int(lora.get("rank", 0)) if isinstance(lora, dict) else 0
+    rank = lora.get("rank", 0) if isinstance(lora, dict) else 0
+    if isinstance(rank, bool) or not isinstance(rank, int):  # int() here would make it a bare 500
+        raise ApiError(400, f"lora_config.rank: must be an integer, got {rank!r}")
     if rank != job_lora_rank:
         raise ApiError(
             400,
