@@ -136,6 +136,8 @@ async def job_checkpoints(request: web.Request) -> web.Response:
         start = int(request.query.get("pageToken") or 0)
     except ValueError as exc:
         raise ApiError(400, f"pageSize/pageToken: must be integers ({exc})") from exc
+    if start < 0:  # a negative slice start would page from the end
+        raise ApiError(400, f"pageToken: must be a token from nextPageToken, got {start}")
     page = rows[start : start + size]
     token = str(start + size) if start + size < len(rows) else ""
     return web.json_response({"checkpoints": page, "nextPageToken": token, "totalSize": len(rows)})
