@@ -153,7 +153,8 @@ async def _execute(
     if resume.finished:
         log.info("run already finished", run_dir=str(rd.path))
         return await asyncio.to_thread(summarize, rd, "done", started, resume.generation, run_id=run_id)
-    task = load_task(config.task, config.reward)
+    # A JSONL dataset is read and a user's reward module imported: file I/O, off the caller's loop.
+    task = await asyncio.to_thread(load_task, config.task, config.reward)
     eval_rows, eval_sha = eval_set_json(task, config.eval.prompts)
     generation = resume.generation + 1
     await asyncio.to_thread(rd.store_eval_prompts, eval_rows, eval_sha)
