@@ -167,6 +167,15 @@ async def test_reconnect_resumes_a_failed_job(scripted: ScriptedServer, clock: F
         assert scripted.resumes == 1
 
 
+async def test_reconnect_fails_at_once_on_a_fatal_answer(scripted: ScriptedServer, clock: FakeClock) -> None:
+    async with trainer_mgr(scripted, clock) as mgr:
+        await mgr.create(TrainerJobConfig(base_model="tiny", requested_job_id="job-x"))
+        scripted.faults["job"] = ["403:permission denied"]  # waiting cannot fix a fatal answer
+        with pytest.raises(AuthenticationError, match="permission denied"):
+            await mgr.reconnect_and_wait("job-x", poll_interval_s=1.0)
+    assert clock.sleeps == []
+
+
 async def test_deployment_create_wait_probe_and_updates(scripted: ScriptedServer, clock: FakeClock) -> None:
     cfg = DeploymentConfig(
         "dep-a",
