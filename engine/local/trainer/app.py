@@ -21,6 +21,7 @@ from aiohttp import web
 from engine.local.trainer import runs
 from engine.local.trainer.config import RequestError
 from engine.local.trainer.logs import LazyLogger
+from engine.local.trainer.proto import FwdBwdRequest, decode_forward_backward
 from engine.local.trainer.service import TrainerService
 
 log = LazyLogger("trainer.app")
@@ -50,6 +51,15 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception as exc:  # a bug must not take the server down; the client retries 5xx
         log.exception("handler_failed", path=request.path)
         return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _decode_fwdbwd(body: bytes, zstd: bool, max_output_size: int) -> FwdBwdRequest:
+    if zstd:
+        try:
+            body = zstandard.ZstdDecompressor().decompress(body, max_output_size=max_output_size)
+        except zstandard.ZstdError as exc:
+            raise RequestError(f"zstd body could not be decompressed: {exc}") from exc
+    return decode_forward_backward(body)
 
 
 def auth(api_key: str | None) -> Any:
@@ -118,14 +128,10 @@ def build_app(service: TrainerService) -> web.Application:
         if (seen := idem.get(request)) is not None:
             return web.json_response(seen)
         body = await request.read()
-        if request.headers.get("Content-Encoding", "").lower() == "zstd":
-            try:
-                body = zstandard.ZstdDecompressor().decompress(
-                    body, max_output_size=svc.config.max_body_bytes * 4
-                )
-            except zstandard.ZstdError as exc:
-                raise RequestError(f"zstd body could not be decompressed: {exc}") from exc
-        answer = svc.forward_backward(body)
+        zstd = request.headers.get("Content-Encoding", "").lower() == "zstd"
+        # Decompressing and parsing tens of MB is CPU work: off the loop (submitting stays on it).
+        req = await asyncio.to_thread(_decode_fwdbwd, body, zstd, svc.config.max_body_bytes * 4)
+        answer = svc.forward_backward(req)
         idem.put(request, answer)
         return web.json_response(answer)
 

@@ -24,7 +24,7 @@ from engine.local.trainer.logs import LazyLogger
 from engine.local.trainer.losses import get_loss
 from engine.local.trainer.models import LoraSpec, ModelState, build_module, check_tokens
 from engine.local.trainer.ordering import OrderedQueue, run_guarded
-from engine.local.trainer.proto import decode_forward_backward, encode_forward_backward
+from engine.local.trainer.proto import FwdBwdRequest, decode_forward_backward, encode_forward_backward
 from engine.local.trainer.sampler_service import SamplerService
 from engine.local.trainer.snapshots import save_for_sampler
 
@@ -227,8 +227,10 @@ class TrainerService:
         entry.queue.submit(seq_id, rid, run_guarded(lambda: fn(entry.require_state()), kind), kind)
         return {"request_id": rid, "model_id": entry.model_id}
 
-    def forward_backward(self, body: bytes) -> dict[str, Any]:
-        req = decode_forward_backward(body)
+    def forward_backward(self, body: bytes | FwdBwdRequest) -> dict[str, Any]:
+        """``body``: protobuf bytes, or already decoded (the app decodes off the loop: a large batch
+        takes a noticeable fraction of a second to parse)."""
+        req = body if isinstance(body, FwdBwdRequest) else decode_forward_backward(body)
         entry = self.entry(req.model_id)
         get_loss(req.loss_fn)
         # Token ranges are the base model's, the same for every model of this trainer.
