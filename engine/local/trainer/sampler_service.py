@@ -145,7 +145,6 @@ class SamplerService:
             return Outcome(proto=sample(module, prompt, p, svc.tokenizer))
 
         async def go() -> None:
-            self.pending += 1
             try:
                 loop = asyncio.get_running_loop()
                 outcome = await loop.run_in_executor(self.executor, run_guarded(run, "sample"))
@@ -153,5 +152,8 @@ class SamplerService:
                 self.pending -= 1
             svc.store.resolve(rid, outcome)
 
+        # Counted at admission, not when the task first runs: a burst in one loop turn must not
+        # slip past the bound.
+        self.pending += 1
         svc.background(go())
         return {"request_id": rid, "sample_sequence_ids": [f"{rid}:{i}" for i in range(p.num_samples)]}
