@@ -41,3 +41,26 @@ async def test_ops_submitted_while_a_sequenced_op_runs() -> None:
     finally:
         await queue.close()
         executor.shutdown(wait=True)
+
+
+async def test_close_resolves_the_op_that_was_running() -> None:
+    store = FutureStore(60.0, 60.0)
+    executor = ThreadPoolExecutor(1)
+    queue = OrderedQueue("m", store, executor, gap_timeout_s=30.0)
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> Outcome:
+        started.set()
+        release.wait(10)
+        return Outcome(json={})
+
+    running, queued = store.create("fwd"), store.create("fwd")
+    queue.submit(1, running, slow, "fwd")
+    queue.submit(2, queued, lambda: Outcome(json={}), "fwd")
+    assert await asyncio.to_thread(started.wait, 10)
+    assert queue.busy
+    await queue.close("session s is finished")
+    release.set()
+    executor.shutdown(wait=True)
+    for rid in (running, queued):
+        assert await store.wait(rid, 1) == Outcome.error("session s is finished", "server")

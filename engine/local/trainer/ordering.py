@@ -57,7 +57,11 @@ class OrderedQueue:
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-        self.busy = False
+        self._running: _Op | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
 
     def submit(self, seq_id: int | None, request_id: str, fn: Callable[[], Outcome], label: str) -> None:
         if seq_id is None:
@@ -84,7 +88,10 @@ class OrderedQueue:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        left = [self._pending.pop(seq) for seq in sorted(self._pending)]
+        # The op that was running when cancelled finishes on its thread, but nobody would resolve it.
+        left = [self._running] if self._running is not None else []
+        self._running = None
+        left += [self._pending.pop(seq) for seq in sorted(self._pending)]
         left += [op for anchor in sorted(self._after) for op in self._after.pop(anchor)]
         for op in left:
             self._store.resolve(op.request_id, Outcome.error(reason, "server"))
@@ -144,12 +151,10 @@ class OrderedQueue:
             op = await self._next()
             if op is None:
                 continue
-            self.busy = True
+            self._running = op
             start = time.perf_counter()
-            try:
-                outcome = await loop.run_in_executor(self._executor, _guarded, op)
-            finally:
-                self.busy = False
+            outcome = await loop.run_in_executor(self._executor, _guarded, op)
+            self._running = None
             log.debug(
                 "op_done",
                 model_id=self.name,
