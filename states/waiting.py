@@ -15,6 +15,7 @@ from engine.lifecycle.context import RunContext
 from engine.lifecycle.schedule import Counters
 from engine.lifecycle.table import State
 from engine.sampling import AdaptiveConcurrencyController, DeploymentSampler, FixedConcurrencyController
+from engine.sampling import RetryPolicy as SamplingRetryPolicy
 from engine.training import TrainingSession
 from engine.weights import WeightSyncer
 from states._util import first_error
@@ -83,6 +84,7 @@ async def run(ctx: RunContext) -> State:
         conn.api_key,
         tokenizer=ctx.tokenizer,
         concurrency_controller=controller,
+        retry_policy=SamplingRetryPolicy(attempt_timeout_s=cfg.sampling.request_timeout_s),
     )
     s = resume.step
     ctx.counters = Counters(
