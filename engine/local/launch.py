@@ -206,7 +206,7 @@ async def aterminate(proc: asyncio.subprocess.Process, grace_s: float = 15.0) ->
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-        await proc.wait()
+        await proc.wait()  # after SIGKILL: the exit is immediate
 
 
 @contextlib.asynccontextmanager

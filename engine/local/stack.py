@@ -117,6 +117,7 @@ class EmbeddedStack:
         self._drain = asyncio.create_task(self._drain_stdout())
 
     async def _drain_stdout(self) -> None:
+        """Until EOF (unbounded: a full stdout pipe would stall the child); ``stop`` cancels it."""
         assert self._proc is not None and self._proc.stdout is not None
         while await self._proc.stdout.readline():
             pass
@@ -136,7 +137,7 @@ class EmbeddedStack:
                 log.warning("hotloop up ignored SIGTERM; killing", pid=proc.pid)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+                await proc.wait()  # after SIGKILL: the exit is immediate
         if self._drain is not None:
             self._drain.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -180,7 +180,7 @@ class ControlPlane:
             return
         job.url = url
         job.set_state("JOB_STATE_RUNNING", "trainer serving")
-        await child.wait()
+        await child.wait()  # unbounded on purpose: this task supervises the process for its lifetime
         if job.generation == gen and not self._closing and job.state == "JOB_STATE_RUNNING":
             job.url = None
             job.set_state("JOB_STATE_FAILED", f"trainer process {child.exit_reason()}")
@@ -307,7 +307,7 @@ class ControlPlane:
             return
         dep.url = url
         dep.set_state("READY", "serving")
-        await child.wait()
+        await child.wait()  # unbounded on purpose: this task supervises the process for its lifetime
         if dep.generation == gen and not self._closing and dep.state == "READY":
             dep.url = None
             dep.set_state("FAILED", f"deployment process {child.exit_reason()}")

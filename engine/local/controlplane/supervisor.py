@@ -129,6 +129,7 @@ class Child:
             self._stdout_tail.append(raw.decode("utf-8", "replace").rstrip())
 
     async def wait(self) -> int:
+        """Until the process exits (unbounded: callers supervise a long-running server)."""
         assert self.proc is not None
         return await self.proc.wait()
 
@@ -150,7 +151,7 @@ class Child:
             except TimeoutError:
                 log.warning("child ignored SIGTERM, killing", child=self.name, pid=self.proc.pid)
                 self._signal_group(signal.SIGKILL)
-                await self.proc.wait()
+                await self.proc.wait()  # after SIGKILL: the exit is immediate
         # Anything the child forked into its group goes too, even if the leader already exited.
         self._signal_group(signal.SIGKILL)
         if self._drain is not None:
