@@ -181,7 +181,8 @@ class Runner(Generic[Ctx]):
         progress = Progress(state, self.limits.get(state, self.default_limits))
         ctx.progress = progress
         try:
-            async with asyncio.timeout(progress.deadline()) as cm:
+            # deadline() is an absolute loop time: timeout_at, not timeout (which takes a delay).
+            async with asyncio.timeout_at(progress.deadline()) as cm:
                 progress.bind(cm)
                 proposed = await handler(ctx)
         except TimeoutError as exc:

@@ -140,6 +140,22 @@ async def test_stuck_state_fails_saying_where(tmp_path: Path) -> None:
     assert bus.last is not None and bus.last.kind == "failed"
 
 
+async def test_a_state_that_never_reports_progress_is_bounded_too(tmp_path: Path) -> None:
+    async def silent(ctx: LifecycleContext) -> State:
+        await asyncio.Event().wait()  # no beat at all: only the initial stall deadline applies
+        return S.WAITING
+
+    with Journal(tmp_path / "j.jsonl") as journal:
+        runner: Runner[LifecycleContext] = Runner(
+            {S.REQUESTING: silent}, journal, default_limits=StateLimits(timeout_s=5, stall_s=0.05)
+        )
+        with pytest.raises(RunFailed) as info:
+            async with asyncio.timeout(5):
+                await runner.run(LifecycleContext(), S.REQUESTING)
+    assert isinstance(info.value.__cause__, StuckError)
+    assert "no progress" in str(info.value.__cause__) and "entered" in str(info.value.__cause__)
+
+
 async def test_progress_extends_the_deadline_but_not_past_the_hard_limit(tmp_path: Path) -> None:
     async def slow_but_alive(ctx: LifecycleContext) -> State:
         for i in range(8):
