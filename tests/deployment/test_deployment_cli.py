@@ -52,3 +52,24 @@ async def test_serve_deployment_subprocess(
         assert chunks[-1]["snapshot_identity"] == "step-1"
         assert resp_headers["x-hotloop-snapshot-identity"] == "step-1"
         assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")
+
+
+async def test_a_taken_port_fails_start_without_leaking_the_engine_thread(tiny_model_dir: Path) -> None:
+    import socket
+    import threading
+
+    from engine.local.deployment.app import DeploymentConfig, DeploymentServer
+
+    def engines() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "hotloop-deployment-engine" and t.is_alive()}
+
+    before = engines()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = DeploymentServer(DeploymentConfig(model=str(tiny_model_dir)), port=port)
+        with pytest.raises(OSError):
+            await server.start()
+    assert server.deployment.scheduler is not None  # startup ran, so there was a thread to stop
+    assert engines() - before == set()

@@ -330,9 +330,12 @@ class DeploymentServer:
     async def start(self) -> None:
         # handler_cancellation: a client that disconnects cancels its handler, which frees its slot
         self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        await self._runner.setup()  # runs on_startup: the model is loaded, the engine thread started
+        try:
+            await web.TCPSite(self._runner, self.host, self.port).start()
+        except BaseException:  # e.g. the port is taken: stop the engine thread, do not leak it
+            await self.stop()
+            raise
         sockets = self._runner.addresses
         self.port = int(sockets[0][1])
 
