@@ -61,7 +61,11 @@ class TrainerServer:
         await self._runner.setup()
         # A stop must not wait out a client's 25 s retrieve_future long-poll.
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:  # e.g. the port is taken: release the runner (and the service's threads)
+            await self.stop()
+            raise
         server: Any = site._server
         self.port = int(server.sockets[0].getsockname()[1])
         log.info("trainer_listening", url=self.url, model=self.config.model, bucket=str(self.config.bucket))
