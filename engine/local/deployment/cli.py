@@ -53,7 +53,11 @@ def main(args: argparse.Namespace) -> int:
         prompt_cache_tokens=args.prompt_cache_tokens,
         reject_during_load=args.hot_load_mode == "reject",
     )
-    asyncio.run(_serve(config, args.host, args.port))
+    try:
+        asyncio.run(_serve(config, args.host, args.port))
+    except OSError as exc:  # e.g. the port is taken: one line, as `hotloop serve trainer` says it
+        print(f"hotloop serve deployment: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
