@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.local.models import fingerprint, load_model, load_tokenizer, resolve_model
+from engine.local.models import build_model_dir, fingerprint, load_model, load_tokenizer, resolve_model
 from engine.local.models.factory import SPECS
 
 
@@ -22,10 +22,18 @@ def test_tiny_is_about_one_million_parameters(tiny_model_dir: Path) -> None:
     assert 300_000 < n < 2_000_000
 
 
-def test_same_name_same_weights(tiny_model_dir: Path) -> None:
+def test_same_name_same_weights(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     a = load_model("tiny")
     b = load_model(str(tiny_model_dir))
     assert fingerprint(a) == fingerprint(b)
+    # The two above are the same cached directory; the property is that a fresh build agrees.
+    monkeypatch.setenv("HOTLOOP_CACHE", str(tmp_path))
+    rebuilt = build_model_dir("tiny")
+    assert rebuilt != tiny_model_dir and rebuilt.is_relative_to(tmp_path)
+    assert fingerprint(load_model(str(rebuilt))) == fingerprint(a)
+    assert (rebuilt / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json").read_bytes()
 
 
 def test_tokenizer_round_trips_and_has_a_chat_template(tiny_model_dir: Path) -> None:
