@@ -63,6 +63,14 @@ def test_corrupt_payload_is_detected(tmp_path: Path) -> None:
         snap.load_snapshot(tmp_path, "p")
 
 
+@pytest.mark.parametrize("junk", [b"[1]", b"\xff\xfe", b'{"format": "hotloop-snapshot/1", "tensors": []}'])
+def test_malformed_manifest_is_a_snapshot_error(tmp_path: Path, junk: bytes) -> None:
+    snap.write_base(tmp_path, "p", _state(0), "tiny")
+    (tmp_path / "p" / snap.MANIFEST).write_bytes(junk)
+    with pytest.raises(snap.SnapshotError, match="manifest"):
+        snap.load_snapshot(tmp_path, "p")
+
+
 @pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "x" * 200, "a..b"])
 def test_unsafe_names_are_rejected(tmp_path: Path, name: str) -> None:
     with pytest.raises(snap.SnapshotError, match="invalid snapshot name"):

@@ -121,7 +121,7 @@ class Manifest:
                 created_at=float(data.get("created_at", 0.0)),
                 encode_seconds=float(data.get("encode_seconds", 0.0)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # e.g. "tensors" not an object
             raise SnapshotError(f"malformed snapshot manifest: {exc!r}") from exc
 
 
@@ -280,9 +280,11 @@ def read_manifest(bucket: Path, identity: str) -> Manifest:
     if not path.exists():
         raise SnapshotError(f"snapshot {identity!r} not found in {bucket}")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SnapshotError(f"snapshot {identity!r}: manifest is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise SnapshotError(f"snapshot {identity!r}: manifest is not a JSON object")
     manifest = Manifest.from_json(data)
     if manifest.identity != identity:
         raise SnapshotError(f"snapshot directory {identity!r} holds a manifest for {manifest.identity!r}")
