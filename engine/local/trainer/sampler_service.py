@@ -100,8 +100,9 @@ class SamplerService:
                 raise RequestError(
                     "model_path must be a sampler_weights path (from save_weights_for_sampler)"
                 )
-            loop = asyncio.get_running_loop()
-            weights = await loop.run_in_executor(self.executor, self._snapshot, tp.name)
+            # Not on self.executor: behind up to MAX_PENDING_SAMPLES queued samples, the client's
+            # create_sampling_session would time out. _snapshot is thread-safe (its cache is locked).
+            weights = await asyncio.to_thread(self._snapshot, tp.name)
             key = f"snapshot:{tp.name}"
         else:
             self.service.check_base_model(body.get("base_model"))
