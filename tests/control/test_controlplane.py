@@ -291,3 +291,13 @@ async def test_reattach_points_a_deployment_at_a_new_trainer_bucket(cp: Plane, t
         assert info.raw["hotloop"]["pid"] not in (None, first_pid)  # the serving process was rolled
         with pytest.raises(ControlPlaneError, match=r"hotLoadTrainerJob: trainer job .*missing.* not found"):
             await dm.reattach_trainer("dep-r", trainer_job_name="accounts/local/rlorTrainerJobs/missing")
+
+
+def test_malformed_records_are_skipped_on_restore(tmp_path: Path) -> None:
+    from engine.local.controlplane import store
+
+    for kind, name in (("jobs", store.JOB_FILE), ("deployments", store.DEPLOYMENT_FILE)):
+        for rid, text in (("torn", "{"), ("partial", '{"job_id": "partial"}'), ("array", "[1]")):
+            (tmp_path / kind / rid).mkdir(parents=True)
+            (tmp_path / kind / rid / name).write_text(text)
+    assert store.load_jobs(tmp_path) == [] and store.load_deployments(tmp_path) == []

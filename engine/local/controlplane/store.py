@@ -74,10 +74,14 @@ def _load(paths: list[Path]) -> list[dict[str, Any]]:
 def load_jobs(root: Path) -> list[JobRecord]:
     jobs = []
     for row in _load(list(root.glob(f"jobs/*/{JOB_FILE}"))):
-        job = JobRecord(
-            row["job_id"], root / "jobs" / row["job_id"], row["body"], row["model"], row["lora_rank"]
-        )
-        job.create_time, job.restarts = row["create_time"], row["restarts"]
+        try:
+            job = JobRecord(
+                row["job_id"], root / "jobs" / row["job_id"], row["body"], row["model"], row["lora_rank"]
+            )
+            job.create_time, job.restarts = row["create_time"], row["restarts"]
+        except (KeyError, TypeError) as exc:  # a record missing fields must not stop the stack either
+            log.warning("skipping malformed job record", error=repr(exc))
+            continue
         if row.get("deleted"):
             job.set_state("JOB_STATE_DELETED", "deleted")
         jobs.append(job)
@@ -87,10 +91,14 @@ def load_jobs(root: Path) -> list[JobRecord]:
 def load_deployments(root: Path) -> list[DeploymentRecord]:
     deps = []
     for row in _load(list(root.glob(f"deployments/*/{DEPLOYMENT_FILE}"))):
-        dep_id = row["deployment_id"]
-        dep = DeploymentRecord(
-            dep_id, root / "deployments" / dep_id, row["body"], row["model"], Path(row["bucket"])
-        )
-        dep.create_time = row["create_time"]
+        try:
+            dep_id = row["deployment_id"]
+            dep = DeploymentRecord(
+                dep_id, root / "deployments" / dep_id, row["body"], row["model"], Path(row["bucket"])
+            )
+            dep.create_time = row["create_time"]
+        except (KeyError, TypeError) as exc:
+            log.warning("skipping malformed deployment record", error=repr(exc))
+            continue
         deps.append(dep)
     return deps
