@@ -53,6 +53,7 @@ async def serve(args: argparse.Namespace, root: Path) -> int:
         await site.start()
     except OSError as exc:  # e.g. the port is taken
         print(f"hotloop up: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        await plane.close()  # restore() may already have started children
         await runner.cleanup()
         return 1
     port = runner.addresses[0][1]
