@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from deployment_helpers import complete, merge_stream, metric, stream
+from deployment_helpers import MakeServer, complete, merge_stream, metric, stream
 
 from engine.local.deployment.app import DeploymentServer
 from engine.local.deployment.engine import sequence_logprobs
@@ -211,3 +211,17 @@ async def test_models_health_and_metrics_histograms(
         headers={"x-request-id": "abc-1"},
     ) as resp:
         assert resp.headers["x-request-id"] == "abc-1"
+
+
+async def test_api_key_is_required_when_configured(
+    make_server: MakeServer, session: aiohttp.ClientSession
+) -> None:
+    server = await make_server(api_key="dep-key")
+    async with session.get(server.url + "/v1/models") as resp:
+        assert resp.status == 401
+    async with session.get(server.url + "/v1/models", headers={"X-Api-Key": "wrong-é"}) as resp:
+        assert resp.status == 401
+    async with session.get(server.url + "/v1/models", headers={"Authorization": "Bearer dep-key"}) as resp:
+        assert resp.status == 200
+    async with session.get(server.url + "/health") as resp:
+        assert resp.status == 200  # open for probes

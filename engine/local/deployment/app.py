@@ -8,6 +8,7 @@ scheduler's worker thread.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import uuid
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
     if key and request.path not in OPEN_PATHS:
         bearer = request.headers.get("Authorization", "")
         given = bearer[7:] if bearer.lower().startswith("bearer ") else request.headers.get("X-Api-Key", "")
-        if given != key:
+        if not hmac.compare_digest(given.encode(), key.encode()):  # constant-time
             return _error(401, "missing or wrong API key (Authorization: Bearer ... or X-Api-Key)")
     result: web.StreamResponse = await handler(request)
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import time
 from collections import OrderedDict
@@ -69,7 +70,7 @@ def auth(api_key: str | None) -> Any:
             given = request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix(
                 "Bearer "
             )
-            if given != api_key:
+            if not hmac.compare_digest(given.encode(), api_key.encode()):  # constant-time
                 return _error(401, "missing or wrong X-API-Key")
         return await handler(request)
 
