@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import FAST_RETRY, ScriptedServer, expected_tokens
+from scripted_server import FAST_RETRY, ScriptedServer, expected_tokens
 
 from engine.sampling import (
     DeploymentSampler,
