@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -231,12 +232,18 @@ class DeploymentManager(RestClient):
         started = self.clock.monotonic()
         detail = "no status read yet"
         while True:
+            # One poll retries inside the REST client; bound it by what is left of this wait, so the
+            # wait cannot overrun its timeout by a retry budget.
+            remaining = max(1.0, timeout_seconds - (self.clock.monotonic() - started))
             try:
-                progress = evaluate_hotload_status(
-                    await self.hotload_check_status(deployment_id, base_model), expected_identity
-                )
+                async with asyncio.timeout(remaining):
+                    status = await self.hotload_check_status(deployment_id, base_model)
+                progress = evaluate_hotload_status(status, expected_identity)
             except HotloadError:
                 raise
+            except TimeoutError:
+                detail = "status poll got no answer before the deadline"
+                log.warning("hotload status poll timed out", deployment_id=deployment_id)
             except HotloopError as exc:  # polling errors are transient here: log and poll again
                 detail = f"status poll failed: {exc}"
                 log.warning("hotload status poll failed", deployment_id=deployment_id, error=str(exc))
