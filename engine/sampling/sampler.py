@@ -130,7 +130,12 @@ class DeploymentSampler:
 
     async def close(self) -> None:
         """Close the session this sampler created (a caller's session stays open)."""
-        if self._own_session is not None and not self._own_session.closed:
+        # A session born on another (possibly finished) loop cannot be closed from this one.
+        if (
+            self._own_session is not None
+            and not self._own_session.closed
+            and self._own_loop is asyncio.get_running_loop()
+        ):
             await self._own_session.close()
         self._own_session = None
 
