@@ -16,7 +16,11 @@ from typing import Any
 
 import structlog
 
-_SECRET_KEYS = re.compile(r"(api[_-]?key|token|secret|password|authorization|bearer)", re.IGNORECASE)
+_SECRET_KEYS = re.compile(
+    # "token" only as a whole word or suffix: max_tokens and num_tokens:sum are counts, not secrets.
+    r"(api[_-]?key|secret|passw(or)?d|authorization|bearer|credential|jwt|(^|[_-])token$)",
+    re.IGNORECASE,
+)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._\-]+", re.IGNORECASE)
 _KEYISH = re.compile(r"\b(tml-|fw_|sk-|hl-)[A-Za-z0-9._\-]{6,}")
 REDACTED = "***"

@@ -24,3 +24,9 @@ def test_secrets_are_redacted_from_fields_and_tracebacks(capsys: pytest.CaptureF
     assert "RuntimeError: upstream said" in line["exception"]
     for secret in ("abcdef123456", "secretsecret", "hl-abcdefgh"):
         assert secret not in json.dumps(line)
+
+
+def test_token_counts_are_not_secrets() -> None:
+    out = log.redact_secrets(None, "info", {"event": "e", "max_tokens": 8, "access_token": "x", "token": "y"})
+    assert out["max_tokens"] == 8
+    assert out["access_token"] == "***" and out["token"] == "***"
