@@ -92,19 +92,29 @@ async def get_account(request: web.Request) -> web.Response:
     return web.json_response(_account_json())
 
 
+def _requested_id(request: web.Request, body: dict[str, Any], key: str) -> str:
+    """The client-chosen id: ``?key=``, ``body[key]``, or the last segment of ``body["name"]``."""
+    value = request.query.get(key) or body.get(key)
+    if not value and isinstance(body.get("name"), str):
+        value = body["name"].rsplit("/", 1)[-1]
+    if not value:
+        raise ApiError(400, f"{key}: required (query parameter ?{key}=<id>)")
+    return str(value)
+
+
+def _created(status: int, kind: str, resource: Any) -> web.Response:
+    """Create is idempotent: 409 carries the existing resource so a retried create can adopt it."""
+    if status == 409:
+        message = f"{kind} {resource.name!r} already exists"
+        return web.json_response(ApiError(409, message, extra=resource.to_json()).body(), status=409)
+    return web.json_response(resource.to_json())
+
+
 async def create_job(request: web.Request) -> web.Response:
     check_account(request)
     body = await json_body(request)
-    job_id = request.query.get("rlorTrainerJobId") or body.get("rlorTrainerJobId")
-    if not job_id and isinstance(body.get("name"), str):
-        job_id = body["name"].rsplit("/", 1)[-1]
-    if not job_id:
-        raise ApiError(400, "rlorTrainerJobId: required (query parameter ?rlorTrainerJobId=<id>)")
-    status, job = request.app[PLANE].create_job(str(job_id), body)
-    if status == 409:
-        message = f"rlorTrainerJob {job.name!r} already exists"
-        return web.json_response(ApiError(409, message, extra=job.to_json()).body(), status=409)
-    return web.json_response(job.to_json())
+    status, job = request.app[PLANE].create_job(_requested_id(request, body, "rlorTrainerJobId"), body)
+    return _created(status, "rlorTrainerJob", job)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -146,16 +156,8 @@ async def job_checkpoints(request: web.Request) -> web.Response:
 async def create_deployment(request: web.Request) -> web.Response:
     check_account(request)
     body = await json_body(request)
-    dep_id = request.query.get("deploymentId") or body.get("deploymentId")
-    if not dep_id and isinstance(body.get("name"), str):
-        dep_id = body["name"].rsplit("/", 1)[-1]
-    if not dep_id:
-        raise ApiError(400, "deploymentId: required (query parameter ?deploymentId=<id>)")
-    status, dep = request.app[PLANE].create_deployment(str(dep_id), body)
-    if status == 409:
-        message = f"deployment {dep.name!r} already exists"
-        return web.json_response(ApiError(409, message, extra=dep.to_json()).body(), status=409)
-    return web.json_response(dep.to_json())
+    status, dep = request.app[PLANE].create_deployment(_requested_id(request, body, "deploymentId"), body)
+    return _created(status, "deployment", dep)
 
 
 async def list_deployments(request: web.Request) -> web.Response:
