@@ -161,70 +161,22 @@ def test_api_key_comes_from_the_environment_and_never_reaches_the_output(
     secret = "fw_SECRET-value-123456"
     out = tmp_path / "out"
     with ThreadedMockServer(MockConfig(model="m", api_key=secret)) as server:
-        assert (
-            run_cli(
-                [
-                    "--url",
-                    server.url,
-                    "--model",
-                    "m",
-                    *COMMON,
-                    "--api-key-env",
-                    "HL_TEST_KEY",
-                    "--concurrency",
-                    "1",
-                    "--requests",
-                    "2",
-                    "--output-dir",
-                    str(out),
-                ]
-            )
-            == 2
-        )
+
+        def argv(requests: int) -> list[str]:
+            return [
+                *("--url", server.url, "--model", "m"),
+                *COMMON,
+                *("--api-key-env", "HL_TEST_KEY", "--concurrency", "1"),
+                *("--requests", str(requests), "--output-dir", str(out)),
+            ]
+
+        assert run_cli(argv(2)) == 2
         assert "HL_TEST_KEY is not set" in capsys.readouterr().err
         monkeypatch.setenv("HL_TEST_KEY", "wrong-key")
-        assert (
-            run_cli(
-                [
-                    "--url",
-                    server.url,
-                    "--model",
-                    "m",
-                    *COMMON,
-                    "--api-key-env",
-                    "HL_TEST_KEY",
-                    "--concurrency",
-                    "1",
-                    "--requests",
-                    "8",
-                    "--output-dir",
-                    str(out),
-                ]
-            )
-            == 1
-        )
+        assert run_cli(argv(8)) == 1
         assert "check --api-key-env" in capsys.readouterr().err
         monkeypatch.setenv("HL_TEST_KEY", secret)
-        assert (
-            run_cli(
-                [
-                    "--url",
-                    server.url,
-                    "--model",
-                    "m",
-                    *COMMON,
-                    "--api-key-env",
-                    "HL_TEST_KEY",
-                    "--concurrency",
-                    "1",
-                    "--requests",
-                    "2",
-                    "--output-dir",
-                    str(out),
-                ]
-            )
-            == 0
-        )
+        assert run_cli(argv(2)) == 0
         printed = capsys.readouterr()
     summary, rows = read_outputs(out)
     assert summary["status"] == "ok" and len(rows) == 2 and all(r["ok"] for r in rows)
