@@ -124,10 +124,10 @@ def compare_transformers(model_name: str, requests: int, prompt_len: int, max_to
     import torch
     from transformers import ContinuousBatchingConfig, GenerationConfig
 
-    from engine.local.deployment.engine import BatchRunner
-    from engine.local.deployment.sampling import SamplingParams
+    from engine.local.deployment.batch_runner import BatchRunner
     from engine.local.deployment.scheduler import Scheduler
     from engine.local.deployment.state import RequestHandle, SeqSpec
+    from engine.local.deployment.token_selection import SamplingParams
     from engine.local.models import load_model, load_tokenizer
 
     torch.set_num_threads(1)

@@ -22,8 +22,8 @@ from engine.control.errors import (
     RetriesExhaustedError,
     TrainerJobFailedError,
 )
+from engine.control.phases import HotloadProgress, evaluate_hotload_status
 from engine.control.rest import RetryPolicy
-from engine.control.states import HotloadProgress, evaluate_hotload_status
 from engine.control.trainer import TrainerJobManager
 
 __all__ = [

@@ -10,8 +10,8 @@ from urllib.parse import quote
 from engine.control.clock import Clock
 from engine.control.config import DeploymentConfig, DeploymentInfo
 from engine.control.errors import ControlPlaneError, DeploymentFailedError, HotloadError
+from engine.control.phases import DEPLOYMENT_BAD, evaluate_hotload_status
 from engine.control.rest import RestClient, RetryPolicy
-from engine.control.states import DEPLOYMENT_BAD, evaluate_hotload_status
 from engine.errors import HotloopError, StuckError
 from engine.log import get_logger
 

@@ -15,8 +15,8 @@ from engine.control.config import (
     new_trainer_job_id,
 )
 from engine.control.errors import ConflictError, ControlPlaneError, TrainerJobFailedError
+from engine.control.phases import JOB_STATE_RUNNING, RESUMABLE_STATES, job_phase, job_status_message
 from engine.control.rest import RestClient, RetryPolicy
-from engine.control.states import JOB_STATE_RUNNING, RESUMABLE_STATES, job_phase, job_status_message
 from engine.errors import RetryableError, StuckError
 from engine.log import get_logger
 

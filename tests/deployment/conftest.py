@@ -12,7 +12,7 @@ import pytest
 import torch
 from deployment_helpers import MakeServer
 
-from engine.local.deployment.app import DeploymentConfig, DeploymentServer
+from engine.local.deployment.app import DeploymentServer, DeploymentServerSettings
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,7 @@ async def make_server(tiny_model_dir: Path, tmp_path: Path) -> AsyncIterator[Mak
     async with contextlib.AsyncExitStack() as stack:
 
         async def make(**overrides: Any) -> DeploymentServer:
-            config = DeploymentConfig(
+            config = DeploymentServerSettings(
                 **{"model": str(tiny_model_dir), "bucket": tmp_path / "bucket", **overrides}
             )
             return await stack.enter_async_context(DeploymentServer(config))

@@ -58,7 +58,7 @@ async def test_a_taken_port_fails_start_without_leaking_the_engine_thread(tiny_m
     import socket
     import threading
 
-    from engine.local.deployment.app import DeploymentConfig, DeploymentServer
+    from engine.local.deployment.app import DeploymentServer, DeploymentServerSettings
 
     def engines() -> set[threading.Thread]:
         return {t for t in threading.enumerate() if t.name == "hotloop-deployment-engine" and t.is_alive()}
@@ -68,7 +68,7 @@ async def test_a_taken_port_fails_start_without_leaking_the_engine_thread(tiny_m
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = DeploymentServer(DeploymentConfig(model=str(tiny_model_dir)), port=port)
+        server = DeploymentServer(DeploymentServerSettings(model=str(tiny_model_dir)), port=port)
         with pytest.raises(OSError):
             await server.start()
     assert server.deployment.scheduler is not None  # startup ran, so there was a thread to stop

@@ -11,7 +11,7 @@ import pytest
 from deployment_helpers import MakeServer, complete, merge_stream, metric, stream
 
 from engine.local.deployment.app import DeploymentServer
-from engine.local.deployment.engine import sequence_logprobs
+from engine.local.deployment.batch_runner import sequence_logprobs
 from engine.local.models import load_model, load_tokenizer
 
 PROMPT = [1, 320, 421, 77, 501, 12, 9]

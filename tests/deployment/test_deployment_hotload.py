@@ -19,7 +19,7 @@ from deployment_helpers import (
 )
 
 from engine.local.deployment.app import DeploymentServer
-from engine.local.deployment.engine import sequence_logprobs
+from engine.local.deployment.batch_runner import sequence_logprobs
 
 PROMPT = [1, 44, 91, 300, 7, 250]
 

@@ -10,11 +10,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.local.deployment.batch_runner import BatchRunner, PromptCache, PromptEntry, sequence_logprobs
 from engine.local.deployment.detok import TextTracker
-from engine.local.deployment.engine import BatchRunner, PromptCache, PromptEntry, sequence_logprobs
-from engine.local.deployment.sampling import SamplingParams, choose_tokens, processed_logprobs
 from engine.local.deployment.scheduler import Scheduler, finish_reason, plan_admission
 from engine.local.deployment.state import RequestHandle, SeqSpec
+from engine.local.deployment.token_selection import SamplingParams, choose_tokens, processed_logprobs
 from engine.local.models import load_model, load_tokenizer
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.local.trainer.config import RequestError
+from engine.local.trainer.config import TrainerBadRequest
 from engine.local.trainer.losses import cispo, cross_entropy, get_loss, importance_sampling, ppo
 from engine.local.trainer.models import LoraSpec, ModelState, build_module
 from engine.local.trainer.proto import DatumIn
@@ -44,7 +44,7 @@ def test_ppo_clips_with_the_configured_thresholds() -> None:
     assert float(loss.detach()) == pytest.approx(-(1.2 + 1.1))
     assert logp.grad is not None and logp.grad.tolist() == pytest.approx([0.0, -1.1])  # clipped: no gradient
     assert metrics["clip_fraction:mean"] == pytest.approx(0.5)
-    with pytest.raises(RequestError, match="clip_low_threshold"):
+    with pytest.raises(TrainerBadRequest, match="clip_low_threshold"):
         ppo(logp, inputs, {"clip_low_threshold": 1.5, "clip_high_threshold": 1.2})
 
 
@@ -54,9 +54,9 @@ def test_cispo_weights_logprobs_by_the_detached_clipped_ratio() -> None:
     loss, _ = cispo(logp, inputs, {"clip_high_threshold": 1.2})
     loss.backward()
     assert logp.grad is not None and logp.grad.tolist() == pytest.approx([-1.2 * 3.0])
-    with pytest.raises(RequestError, match="'dro' is not supported"):
+    with pytest.raises(TrainerBadRequest, match="'dro' is not supported"):
         get_loss("dro")
-    with pytest.raises(RequestError, match="needs loss_fn_inputs"):
+    with pytest.raises(TrainerBadRequest, match="needs loss_fn_inputs"):
         cispo(logp, {"logprobs": torch.tensor([-1.0])}, {})
 
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from engine.local.trainer.config import RequestError
+from engine.local.trainer.config import TrainerBadRequest
 from engine.local.trainer.futures import FutureStore, Outcome
 from engine.local.trainer.ordering import OrderedQueue
 
@@ -28,7 +28,7 @@ async def test_ops_submitted_while_a_sequenced_op_runs() -> None:
     queue.submit(1, first, slow, "fwd")
     assert await asyncio.to_thread(started.wait, 10)
     # A retry of the running seq_id is refused, not queued a second time.
-    with pytest.raises(RequestError, match="already used"):
+    with pytest.raises(TrainerBadRequest, match="already used"):
         queue.submit(1, store.create("fwd"), lambda: Outcome(json={}), "fwd")
     # An unsequenced op (hotloop's raw save_weights_for_sampler) runs after the running one.
     raw = store.create("save")

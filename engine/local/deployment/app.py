@@ -17,10 +17,15 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.local.deployment.api import RequestError, parse_completion, parse_hot_load, parse_json
-from engine.local.deployment.engine import BatchRunner
+from engine.local.deployment.batch_runner import BatchRunner
 from engine.local.deployment.hotload import HotLoadBusyError, HotLoader
 from engine.local.deployment.metrics import DeploymentMetrics
+from engine.local.deployment.protocol import (
+    DeploymentBadRequest,
+    parse_completion,
+    parse_hot_load,
+    parse_json,
+)
 from engine.local.deployment.responses import CompletionBuilder
 from engine.local.deployment.scheduler import Scheduler
 from engine.local.deployment.state import QueueFullError, RequestHandle, Update
@@ -32,7 +37,7 @@ OPEN_PATHS = ("/health", "/metrics")
 
 
 @dataclass(frozen=True)
-class DeploymentConfig:
+class DeploymentServerSettings:
     model: str = "tiny"
     bucket: Path | None = None
     max_batch: int = 32
@@ -50,7 +55,7 @@ class DeploymentConfig:
 class Deployment:
     """Everything one app serves with: model runner, scheduler, hot-loader, metrics."""
 
-    def __init__(self, config: DeploymentConfig) -> None:
+    def __init__(self, config: DeploymentServerSettings) -> None:
         self.config = config
         self.scheduler: Scheduler | None = None
         self.hotloader: HotLoader | None = None
@@ -130,7 +135,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             max_positions=runner.max_positions,
             eos_token_id=dep.tokenizer.eos_token_id,
         )
-    except RequestError as exc:
+    except DeploymentBadRequest as exc:
         dep.metrics.rejected.labels("400").inc()
         return _error(400, str(exc), exc.field)
     if dep.config.reject_during_load and dep.hotloader.loading:
@@ -250,7 +255,7 @@ async def hot_load_post(request: web.Request) -> web.Response:
     assert dep.hotloader is not None
     try:
         req = parse_hot_load(parse_json(await request.read()))
-    except RequestError as exc:
+    except DeploymentBadRequest as exc:
         return _error(400, str(exc), exc.field)
     try:
         dep.hotloader.begin(req)
@@ -289,7 +294,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=dep.metrics.render(), content_type="text/plain", charset="utf-8")
 
 
-def create_app(config: DeploymentConfig) -> web.Application:
+def create_app(config: DeploymentServerSettings) -> web.Application:
     app = web.Application(middlewares=[_auth], client_max_size=64 * 1024 * 1024)
     dep = Deployment(config)
     app[STATE] = dep
@@ -315,7 +320,7 @@ def create_app(config: DeploymentConfig) -> web.Application:
 class DeploymentServer:
     """``async with DeploymentServer(config, port=0) as srv: srv.url`` runs the app on a real socket."""
 
-    def __init__(self, config: DeploymentConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, config: DeploymentServerSettings, host: str = "127.0.0.1", port: int = 0) -> None:
         self.app = create_app(config)
         self.host, self.port = host, port
         self._runner: web.AppRunner | None = None

@@ -37,12 +37,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from engine.local.deployment.app import DeploymentConfig
+    from engine.local.deployment.app import DeploymentServerSettings
 
     if args.max_batch < 1 or args.max_waiting < 1:
         print("hotloop serve deployment: --max-batch and --max-waiting must be >= 1", file=sys.stderr)
         return 2
-    config = DeploymentConfig(
+    config = DeploymentServerSettings(
         model=args.model,
         bucket=args.bucket,
         max_batch=args.max_batch,
@@ -62,10 +62,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: object, host: str, port: int) -> None:
-    from engine.local.deployment.app import DeploymentConfig, DeploymentServer
+    from engine.local.deployment.app import DeploymentServer, DeploymentServerSettings
     from engine.log import get_logger
 
-    assert isinstance(config, DeploymentConfig)
+    assert isinstance(config, DeploymentServerSettings)
     log = get_logger("engine.local.deployment")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from engine.local.deployment.api import HotLoadRequest
+from engine.local.deployment.protocol import HotLoadRequest
 from engine.local.deployment.scheduler import Scheduler
 from engine.log import get_logger
 from engine.weights.snapshot import Manifest, SnapshotError, check_name, load_snapshot, read_manifest

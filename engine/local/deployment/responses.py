@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.local.deployment.api import CompletionPlan
+from engine.local.deployment.protocol import CompletionPlan
 from engine.local.deployment.state import Timing, TokenOut, Update
 
 PERF_KEYS_UP_FRONT = (

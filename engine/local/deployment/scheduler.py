@@ -31,9 +31,8 @@ from typing import Any
 
 import torch
 
+from engine.local.deployment.batch_runner import BatchRunner
 from engine.local.deployment.detok import TextTracker
-from engine.local.deployment.engine import BatchRunner
-from engine.local.deployment.sampling import choose_tokens, processed_logprobs, top_entries
 from engine.local.deployment.state import (
     QueueFullError,
     RequestHandle,
@@ -42,6 +41,7 @@ from engine.local.deployment.state import (
     TokenOut,
     Update,
 )
+from engine.local.deployment.token_selection import choose_tokens, processed_logprobs, top_entries
 from engine.log import get_logger
 
 log = get_logger(__name__)

@@ -6,7 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from engine.local.deployment.sampling import SamplingParams
+from engine.local.deployment.token_selection import SamplingParams
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import zstandard
 from aiohttp import web
 
 from engine.local.trainer import runs
-from engine.local.trainer.config import RequestError
+from engine.local.trainer.config import TrainerBadRequest
 from engine.local.trainer.logs import LazyLogger
 from engine.local.trainer.proto import FwdBwdRequest, decode_forward_backward
 from engine.local.trainer.service import TrainerService
@@ -39,7 +39,7 @@ def _error(status: int, message: str) -> web.Response:
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except RequestError as exc:
+    except TrainerBadRequest as exc:
         log.info("bad_request", path=request.path, status=exc.status, error=str(exc))
         return _error(exc.status, str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
@@ -59,7 +59,7 @@ def _decode_fwdbwd(body: bytes, zstd: bool, max_output_size: int) -> FwdBwdReque
         try:
             body = zstandard.ZstdDecompressor().decompress(body, max_output_size=max_output_size)
         except zstandard.ZstdError as exc:
-            raise RequestError(f"zstd body could not be decompressed: {exc}") from exc
+            raise TrainerBadRequest(f"zstd body could not be decompressed: {exc}") from exc
     return decode_forward_backward(body)
 
 
@@ -82,9 +82,9 @@ async def _json(request: web.Request) -> dict[str, Any]:
     try:
         body = json.loads(raw or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(f"request body is not valid JSON: {exc}") from exc
+        raise TrainerBadRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
-        raise RequestError("request body must be a JSON object")
+        raise TrainerBadRequest("request body must be a JSON object")
     return body
 
 
@@ -140,7 +140,7 @@ def build_app(service: TrainerService) -> web.Application:
         body = await _json(request)
         rid = body.get("request_id")
         if not isinstance(rid, str):
-            raise RequestError("request_id is required")
+            raise TrainerBadRequest("request_id is required")
         outcome = await svc.store.wait(rid, svc.config.poll_timeout_s)
         if outcome is None:
             return web.json_response({"type": "try_again", "request_id": rid, "queue_state": "active"})

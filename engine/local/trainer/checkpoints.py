@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.local.trainer.config import NotFound, RequestError
+from engine.local.trainer.config import NotFound, TrainerBadRequest
 from engine.weights.snapshot import SnapshotError, check_name
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._\-]{0,200}$")
@@ -42,26 +42,26 @@ def safe_name(name: str, field: str = "path") -> str:
     try:
         return check_name(name)
     except SnapshotError as exc:
-        raise RequestError(f"{field}: {exc}") from exc
+        raise TrainerBadRequest(f"{field}: {exc}") from exc
 
 
 def parse_tinker_path(path: str, field: str = "path") -> TinkerPath:
     if not isinstance(path, str) or not path.startswith("tinker://"):
-        raise RequestError(f"{field} must be a tinker://<run_id>/<kind>/<name> path, got {path!r}")
+        raise TrainerBadRequest(f"{field} must be a tinker://<run_id>/<kind>/<name> path, got {path!r}")
     parts = path.removeprefix("tinker://").split("/")
     if len(parts) != 3:
-        raise RequestError(f"{field} {path!r} must have exactly 3 segments after tinker://")
+        raise TrainerBadRequest(f"{field} {path!r} must have exactly 3 segments after tinker://")
     run_id, kind, name = parts
     if not _RUN_ID.match(run_id) or ".." in run_id:
-        raise RequestError(f"{field}: invalid run id {run_id!r}")
+        raise TrainerBadRequest(f"{field}: invalid run id {run_id!r}")
     if kind not in ("weights", "sampler_weights"):
-        raise RequestError(f"{field}: unsupported checkpoint kind {kind!r} (weights or sampler_weights)")
+        raise TrainerBadRequest(f"{field}: unsupported checkpoint kind {kind!r} (weights or sampler_weights)")
     return TinkerPath(run_id, kind, safe_name(name, field))
 
 
 def state_path(state_dir: Path, run_id: str, name: str) -> Path:
     if not _RUN_ID.match(run_id) or ".." in run_id:
-        raise RequestError(f"invalid run id {run_id!r}")
+        raise TrainerBadRequest(f"invalid run id {run_id!r}")
     return state_dir / run_id / "weights" / safe_name(name)
 
 
@@ -90,7 +90,9 @@ def save_state(
 ) -> int:
     """Write atomically (stage + rename); returns the size in bytes."""
     if target.exists() and not overwrite:
-        raise RequestError(f"checkpoint {target.name!r} already exists (pass overwrite=True to replace it)")
+        raise TrainerBadRequest(
+            f"checkpoint {target.name!r} already exists (pass overwrite=True to replace it)"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -120,9 +122,9 @@ def read_meta(target: Path) -> dict[str, Any]:
     try:
         meta = json.loads((target / "meta.json").read_text())
     except json.JSONDecodeError as exc:
-        raise RequestError(f"checkpoint {target.name!r}: meta.json is not valid JSON ({exc})") from exc
+        raise TrainerBadRequest(f"checkpoint {target.name!r}: meta.json is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict):
-        raise RequestError(f"checkpoint {target.name!r}: meta.json is not an object")
+        raise TrainerBadRequest(f"checkpoint {target.name!r}: meta.json is not an object")
     return meta
 
 

@@ -35,7 +35,7 @@ class TrainerConfig:
         return self.state_dir if self.state_dir is not None else self.bucket.parent / "state"
 
 
-class RequestError(Exception):
+class TrainerBadRequest(Exception):
     """A bad request: the message names the field at fault. ``status`` is the HTTP status used when
     it is detected before a future is issued; afterwards it becomes a future error, category user."""
 
@@ -47,9 +47,9 @@ class RequestError(Exception):
             self.status = status
 
 
-class NotFound(RequestError):
+class NotFound(TrainerBadRequest):
     status = 404
 
 
-class Gone(RequestError):
+class Gone(TrainerBadRequest):
     status = 410

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from engine.local.trainer.config import RequestError
+from engine.local.trainer.config import TrainerBadRequest
 
 Inputs = Mapping[str, torch.Tensor]
 Config = Mapping[str, float | str]
@@ -26,13 +26,13 @@ DEFAULT_CLIP_HIGH = 1.2
 def _require(inputs: Inputs, loss: str, *names: str) -> None:
     missing = [n for n in names if n not in inputs]
     if missing:
-        raise RequestError(f"loss {loss!r} needs loss_fn_inputs {missing}")
+        raise TrainerBadRequest(f"loss {loss!r} needs loss_fn_inputs {missing}")
 
 
 def _number(config: Config, key: str, default: float) -> float:
     value = config.get(key, default)
     if isinstance(value, str):
-        raise RequestError(f"loss_fn_config[{key!r}] must be a number, got {value!r}")
+        raise TrainerBadRequest(f"loss_fn_config[{key!r}] must be a number, got {value!r}")
     return float(value)
 
 
@@ -62,7 +62,7 @@ def _clip_bounds(inputs: Inputs, config: Config) -> tuple[torch.Tensor | float, 
     low = inputs.get("clip_low_threshold", low)
     high = inputs.get("clip_high_threshold", high)
     if isinstance(low, float) and isinstance(high, float) and not 0 <= low <= high:
-        raise RequestError(f"need 0 <= clip_low_threshold <= clip_high_threshold, got {low}, {high}")
+        raise TrainerBadRequest(f"need 0 <= clip_low_threshold <= clip_high_threshold, got {low}, {high}")
     return low, high
 
 
@@ -106,4 +106,4 @@ def get_loss(name: str) -> Callable[[torch.Tensor, Inputs, Config], LossResult]:
     try:
         return LOSSES[name]
     except KeyError:
-        raise RequestError(f"loss_fn {name!r} is not supported; use one of {sorted(LOSSES)}") from None
+        raise TrainerBadRequest(f"loss_fn {name!r} is not supported; use one of {sorted(LOSSES)}") from None

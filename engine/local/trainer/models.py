@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from engine.local.trainer import checkpoints
-from engine.local.trainer.config import RequestError
+from engine.local.trainer.config import TrainerBadRequest
 from engine.local.trainer.losses import get_loss
 from engine.local.trainer.proto import DatumIn
 
@@ -62,7 +62,7 @@ def build_module(base: Any, lora: LoraSpec) -> Any:
 
     targets = (_ATTN if lora.train_attn else []) + (_MLP if lora.train_mlp else [])
     if not targets:
-        raise RequestError("lora_config must train attention or MLP layers (train_attn/train_mlp)")
+        raise TrainerBadRequest("lora_config must train attention or MLP layers (train_attn/train_mlp)")
     if lora.seed is not None:
         torch.manual_seed(lora.seed)
     config = LoraConfig(r=lora.rank, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=targets)
@@ -73,10 +73,10 @@ def check_tokens(data: Sequence[DatumIn], vocab_size: int, max_length: int) -> N
     """Model-dependent validation, run before a future is issued."""
     for i, d in enumerate(data):
         if d.tokens.size > max_length:
-            raise RequestError(f"data[{i}]: {d.tokens.size} tokens exceed the context of {max_length}")
+            raise TrainerBadRequest(f"data[{i}]: {d.tokens.size} tokens exceed the context of {max_length}")
         for name, arr in [("model_input", d.tokens), ("target_tokens", d.inputs.get("target_tokens"))]:
             if arr is not None and arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-                raise RequestError(f"data[{i}].{name}: token id out of range [0, {vocab_size})")
+                raise TrainerBadRequest(f"data[{i}].{name}: token id out of range [0, {vocab_size})")
 
 
 @dataclass
@@ -122,10 +122,12 @@ class ModelState:
         lengths = [d.tokens.size for d in data]
         batch, width = len(data), max(lengths)
         if any("target_tokens" not in d.inputs for d in data):
-            raise RequestError("every datum needs loss_fn_inputs['target_tokens']")
+            raise TrainerBadRequest("every datum needs loss_fn_inputs['target_tokens']")
         trailing = {d.inputs["target_tokens"].shape[1:] for d in data}
         if len(trailing) != 1:
-            raise RequestError("target_tokens must have the same trailing shape [T] or [T, K] in every datum")
+            raise TrainerBadRequest(
+                "target_tokens must have the same trailing shape [T] or [T, K] in every datum"
+            )
         (tail,) = trailing
         names = set().union(*(d.inputs for d in data))
         # Right padding needs no attention mask: causal attention never looks ahead to the pads,
@@ -139,10 +141,10 @@ class ModelState:
             targets[b, :n] = d.inputs["target_tokens"]
             for name in padded:
                 if name not in d.inputs:
-                    raise RequestError(f"loss_fn_inputs[{name!r}] must be given for every datum or none")
+                    raise TrainerBadRequest(f"loss_fn_inputs[{name!r}] must be given for every datum or none")
                 arr = d.inputs[name]
                 if arr.shape[1:] != tail:
-                    raise RequestError(f"loss_fn_inputs[{name!r}] must have the shape of target_tokens")
+                    raise TrainerBadRequest(f"loss_fn_inputs[{name!r}] must have the shape of target_tokens")
                 padded[name][b, :n] = arr
         inputs = {n: torch.from_numpy(v) for n, v in padded.items()}
         tgt = torch.from_numpy(targets)
@@ -213,7 +215,7 @@ class ModelState:
         missing = sorted(set(params) - set(loaded.weights))
         unexpected = sorted(set(loaded.weights) - set(params))
         if missing or unexpected:
-            raise RequestError(
+            raise TrainerBadRequest(
                 f"checkpoint does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}"
             )
         with torch.no_grad():

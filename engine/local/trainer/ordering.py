@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from engine.local.trainer.config import RequestError
+from engine.local.trainer.config import TrainerBadRequest
 from engine.local.trainer.futures import FutureStore, Outcome
 from engine.local.trainer.logs import LazyLogger
 
@@ -68,7 +68,7 @@ class OrderedQueue:
             anchor = max([self.next_seq_id - 1, *self._pending])
             self._after.setdefault(anchor, []).append(_Op(None, request_id, fn, label))
         elif seq_id < self.next_seq_id or seq_id in self._pending:
-            raise RequestError(
+            raise TrainerBadRequest(
                 f"seq_id {seq_id} for model {self.name} was already used; the next expected seq_id is "
                 f"{self.next_seq_id}"
             )
@@ -171,7 +171,7 @@ class OrderedQueue:
 def _guarded(op: _Op) -> Outcome:
     try:
         return op.fn()
-    except RequestError as exc:
+    except TrainerBadRequest as exc:
         return Outcome.error(str(exc), "user")
     except Exception as exc:  # a server bug must fail this request, not the queue
         log.exception("op_failed", op=op.label, seq_id=op.seq_id)

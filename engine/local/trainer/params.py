@@ -6,23 +6,25 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from engine.local.trainer.config import RequestError
+from engine.local.trainer.config import TrainerBadRequest
+from engine.local.trainer.generation import SampleParams, parse_stop
 from engine.local.trainer.models import AdamHyper, LoraSpec
-from engine.local.trainer.sampling import SampleParams, parse_stop
 
 
 def field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
     value = body.get(name)
     if value is None:
         if required:
-            raise RequestError(f"{name} is required")
+            raise TrainerBadRequest(f"{name} is required")
         return None
     if kind is int and isinstance(value, bool):
-        raise RequestError(f"{name} must be an integer, got {value!r}")
+        raise TrainerBadRequest(f"{name} must be an integer, got {value!r}")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind):
-        raise RequestError(f"{name} must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+        raise TrainerBadRequest(
+            f"{name} must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}"
+        )
     return value
 
 
@@ -31,10 +33,10 @@ def lora_spec(body: Mapping[str, Any]) -> LoraSpec:
     if cfg is None:
         return LoraSpec(rank=0)
     if not isinstance(cfg, dict):
-        raise RequestError("lora_config must be an object")
+        raise TrainerBadRequest("lora_config must be an object")
     rank = field(cfg, "rank", int)
     if rank < 0 or rank > 1024:
-        raise RequestError(f"lora_config.rank must be in [0, 1024] (0 = full-parameter), got {rank}")
+        raise TrainerBadRequest(f"lora_config.rank must be in [0, 1024] (0 = full-parameter), got {rank}")
     spec = LoraSpec(
         rank=rank,
         seed=field(cfg, "seed", int, required=False),
@@ -43,14 +45,14 @@ def lora_spec(body: Mapping[str, Any]) -> LoraSpec:
         train_attn=bool(cfg.get("train_attn", True)),
     )
     if rank > 0 and not (spec.train_attn or spec.train_mlp):
-        raise RequestError("lora_config must train attention or MLP layers (train_attn/train_mlp)")
+        raise TrainerBadRequest("lora_config must train attention or MLP layers (train_attn/train_mlp)")
     return spec
 
 
 def optimizer_config(body: Mapping[str, Any]) -> None:
     cfg = body.get("optimizer_config")
     if cfg is not None and (not isinstance(cfg, dict) or cfg.get("type", "adamw") != "adamw"):
-        raise RequestError(f"optimizer_config: only {{'type': 'adamw'}} is supported, got {cfg!r}")
+        raise TrainerBadRequest(f"optimizer_config: only {{'type': 'adamw'}} is supported, got {cfg!r}")
 
 
 _ADAM_FIELDS = {"learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm", "type"}
@@ -61,44 +63,46 @@ def adam_hyper(body: Mapping[str, Any]) -> AdamHyper:
     if params is None:
         other = body.get("optimizer_params")
         if isinstance(other, dict) and other.get("type") not in (None, "adamw", "adam"):
-            raise RequestError(f"optimizer_params.type {other.get('type')!r}: this trainer only has AdamW")
+            raise TrainerBadRequest(
+                f"optimizer_params.type {other.get('type')!r}: this trainer only has AdamW"
+            )
         params = other
     if not isinstance(params, dict):
-        raise RequestError("adam_params is required")
+        raise TrainerBadRequest("adam_params is required")
     unknown = set(params) - _ADAM_FIELDS
     if unknown:
-        raise RequestError(f"adam_params: unknown fields {sorted(unknown)}")
+        raise TrainerBadRequest(f"adam_params: unknown fields {sorted(unknown)}")
     defaults = AdamHyper()
     values: dict[str, float] = {}
     for name in _ADAM_FIELDS - {"type"}:
         v = params.get(name, getattr(defaults, name))
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise RequestError(f"adam_params.{name} must be a finite number, got {v!r}")
+            raise TrainerBadRequest(f"adam_params.{name} must be a finite number, got {v!r}")
         values[name] = float(v)
     if values["learning_rate"] < 0 or values["eps"] < 0 or values["weight_decay"] < 0:
-        raise RequestError("adam_params: learning_rate, eps and weight_decay must be >= 0")
+        raise TrainerBadRequest("adam_params: learning_rate, eps and weight_decay must be >= 0")
     for b in ("beta1", "beta2"):
         if not 0 <= values[b] < 1:
-            raise RequestError(f"adam_params.{b} must be in [0, 1), got {values[b]}")
+            raise TrainerBadRequest(f"adam_params.{b} must be in [0, 1), got {values[b]}")
     return AdamHyper(**values)
 
 
 def prompt_tokens(body: Mapping[str, Any]) -> list[int]:
     prompt = body.get("prompt")
     if not isinstance(prompt, dict) or not isinstance(prompt.get("chunks"), list):
-        raise RequestError("prompt must be a ModelInput object with chunks")
+        raise TrainerBadRequest("prompt must be a ModelInput object with chunks")
     tokens: list[int] = []
     for i, chunk in enumerate(prompt["chunks"]):
         if not isinstance(chunk, dict) or chunk.get("type", "encoded_text") != "encoded_text":
-            raise RequestError(f"prompt.chunks[{i}]: only encoded_text chunks are supported")
+            raise TrainerBadRequest(f"prompt.chunks[{i}]: only encoded_text chunks are supported")
         toks = chunk.get("tokens")
         if not isinstance(toks, list) or not all(
             isinstance(t, int) and not isinstance(t, bool) for t in toks
         ):
-            raise RequestError(f"prompt.chunks[{i}].tokens must be a list of integers")
+            raise TrainerBadRequest(f"prompt.chunks[{i}].tokens must be a list of integers")
         tokens.extend(toks)
     if not tokens:
-        raise RequestError("prompt is empty")
+        raise TrainerBadRequest("prompt is empty")
     return tokens
 
 
@@ -107,38 +111,38 @@ def sample_params(
 ) -> SampleParams:
     sp = body.get("sampling_params")
     if not isinstance(sp, dict):
-        raise RequestError("sampling_params is required")
+        raise TrainerBadRequest("sampling_params is required")
     n = field(body, "num_samples", int, required=False) or 1
     if not 1 <= n <= 256:
-        raise RequestError(f"num_samples must be in [1, 256], got {n}")
+        raise TrainerBadRequest(f"num_samples must be in [1, 256], got {n}")
     max_tokens = field(sp, "max_tokens", int, required=False)
     if max_tokens is None or max_tokens < 1:
-        raise RequestError(f"sampling_params.max_tokens must be a positive integer, got {max_tokens!r}")
+        raise TrainerBadRequest(f"sampling_params.max_tokens must be a positive integer, got {max_tokens!r}")
     if prompt_len + max_tokens > max_len:
-        raise RequestError(
+        raise TrainerBadRequest(
             f"prompt ({prompt_len}) + sampling_params.max_tokens ({max_tokens}) exceeds {max_len}"
         )
     for name in ("target_prompt_logprobs",):
         if body.get(name) is not None:
-            raise RequestError(f"{name} is not supported by the embedded trainer")
+            raise TrainerBadRequest(f"{name} is not supported by the embedded trainer")
     if body.get("prompt_alt_tokens_k"):
-        raise RequestError("prompt_alt_tokens_k is not supported by the embedded trainer")
+        raise TrainerBadRequest("prompt_alt_tokens_k is not supported by the embedded trainer")
     temperature = field(sp, "temperature", float, required=False)
     top_p = field(sp, "top_p", float, required=False)
     last_n = field(body, "prompt_logprobs_last_n", int, required=False)
     if last_n is not None and not 1 <= last_n <= prompt_len - 1:
-        raise RequestError(f"prompt_logprobs_last_n must be in [1, {prompt_len - 1}], got {last_n}")
+        raise TrainerBadRequest(f"prompt_logprobs_last_n must be in [1, {prompt_len - 1}], got {last_n}")
     seed = field(sp, "seed", int, required=False)
     if seed is not None and not -(2**63) <= seed < 2**64:  # torch.Generator.manual_seed's range
-        raise RequestError(f"sampling_params.seed must fit in 64 bits, got {seed}")
+        raise TrainerBadRequest(f"sampling_params.seed must fit in 64 bits, got {seed}")
     topk: dict[str, int] = {}
     for name in ("topk_prompt_logprobs", "topk_sample_logprobs"):
         topk[name] = field(body, name, int, required=False) or 0
         if topk[name] < 0:
-            raise RequestError(f"{name} must be >= 0, got {topk[name]}")
+            raise TrainerBadRequest(f"{name} must be >= 0, got {topk[name]}")
     stop_tokens, stop_strings = parse_stop(sp.get("stop"), eos_id)
     if any(not 0 <= t < vocab for t in stop_tokens):
-        raise RequestError("sampling_params.stop: token id out of range")
+        raise TrainerBadRequest("sampling_params.stop: token id out of range")
     return SampleParams(
         num_samples=n,
         max_tokens=max_tokens,

@@ -1,7 +1,7 @@
 """Protobuf in and out, via the SDK's own schema (``tinker.proto.tinker_public_pb2``).
 
 Decoding validates everything that does not need the model (dtypes, shapes, chunk kinds) and
-raises :class:`RequestError` naming the field, so a bad request is a 400 before a future exists.
+raises :class:`TrainerBadRequest` naming the field, so a bad request is a 400 before a future exists.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from tinker.proto import tinker_public_pb2 as pb
 
-from engine.local.trainer.config import RequestError
+from engine.local.trainer.config import TrainerBadRequest
 
 _NP_DTYPE: dict[int, np.dtype[Any]] = {
     pb.DTYPE_FLOAT32: np.dtype(np.float32),
@@ -64,24 +64,24 @@ class FwdBwdRequest:
 def _tensor(msg: pb.Tensor, where: str) -> np.ndarray:
     np_dtype = _NP_DTYPE.get(msg.dtype)
     if np_dtype is None:
-        raise RequestError(f"{where}: unsupported dtype {_DTYPE_NAME.get(msg.dtype, msg.dtype)}")
+        raise TrainerBadRequest(f"{where}: unsupported dtype {_DTYPE_NAME.get(msg.dtype, msg.dtype)}")
     shape = [int(s) for s in msg.shape]
     if any(s < 0 for s in shape):
-        raise RequestError(f"{where}: negative dimension in shape {shape}")
+        raise TrainerBadRequest(f"{where}: negative dimension in shape {shape}")
     if msg.HasField("sparse_csr"):
         csr = msg.sparse_csr
         if len(shape) != 2:
-            raise RequestError(f"{where}: a sparse CSR tensor must be 2-D, got shape {shape}")
+            raise TrainerBadRequest(f"{where}: a sparse CSR tensor must be 2-D, got shape {shape}")
         try:
             values = np.frombuffer(csr.values, dtype=np_dtype)
             crow = np.frombuffer(csr.crow_indices, dtype=np.int64)
             col = np.frombuffer(csr.col_indices, dtype=np.int64)
         except ValueError as exc:
-            raise RequestError(f"{where}: sparse CSR buffers are not whole elements ({exc})") from exc
+            raise TrainerBadRequest(f"{where}: sparse CSR buffers are not whole elements ({exc})") from exc
         if crow.size != shape[0] + 1 or col.size != values.size or (crow.size and crow[-1] != values.size):
-            raise RequestError(f"{where}: inconsistent sparse CSR indices for shape {shape}")
+            raise TrainerBadRequest(f"{where}: inconsistent sparse CSR indices for shape {shape}")
         if col.size and (col.min() < 0 or col.max() >= shape[1]):
-            raise RequestError(f"{where}: sparse CSR column index out of range for shape {shape}")
+            raise TrainerBadRequest(f"{where}: sparse CSR column index out of range for shape {shape}")
         dense = np.zeros(shape, dtype=np_dtype)
         rows = np.repeat(np.arange(shape[0]), np.diff(crow))
         dense[rows, col] = values
@@ -89,11 +89,13 @@ def _tensor(msg: pb.Tensor, where: str) -> np.ndarray:
     try:
         arr = np.frombuffer(msg.dense, dtype=np_dtype)
     except ValueError as exc:
-        raise RequestError(f"{where}: dense buffer is not a whole number of {np_dtype} ({exc})") from exc
+        raise TrainerBadRequest(f"{where}: dense buffer is not a whole number of {np_dtype} ({exc})") from exc
     if not shape:
         shape = [arr.size]
     if int(np.prod(shape)) != arr.size:
-        raise RequestError(f"{where}: shape {shape} needs {int(np.prod(shape))} elements, got {arr.size}")
+        raise TrainerBadRequest(
+            f"{where}: shape {shape} needs {int(np.prod(shape))} elements, got {arr.size}"
+        )
     return arr.reshape(shape)
 
 
@@ -109,32 +111,32 @@ def decode_forward_backward(body: bytes) -> FwdBwdRequest:
     try:
         msg.ParseFromString(body)
     except (DecodeError, ValueError) as exc:
-        raise RequestError(f"malformed protobuf ForwardBackwardRequest: {exc}") from exc
+        raise TrainerBadRequest(f"malformed protobuf ForwardBackwardRequest: {exc}") from exc
     if not msg.model_id:
-        raise RequestError("model_id is required")
+        raise TrainerBadRequest("model_id is required")
     if not msg.data:
-        raise RequestError("data must hold at least one datum")
+        raise TrainerBadRequest("data must hold at least one datum")
     data: list[DatumIn] = []
     for i, d in enumerate(msg.data):
         parts: list[np.ndarray] = []
         for j, chunk in enumerate(d.model_input):
             kind = chunk.WhichOneof("chunk")
             if kind != "encoded_text":
-                raise RequestError(f"data[{i}].model_input[{j}]: chunk type {kind!r} is not supported")
+                raise TrainerBadRequest(f"data[{i}].model_input[{j}]: chunk type {kind!r} is not supported")
             try:
                 parts.append(np.frombuffer(chunk.encoded_text.tokens, dtype=np.int32))
             except ValueError as exc:
-                raise RequestError(f"data[{i}].model_input[{j}]: tokens are not int32 bytes") from exc
+                raise TrainerBadRequest(f"data[{i}].model_input[{j}]: tokens are not int32 bytes") from exc
         tokens = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
         if tokens.size == 0:
-            raise RequestError(f"data[{i}].model_input is empty")
+            raise TrainerBadRequest(f"data[{i}].model_input is empty")
         inputs = {k: _tensor(t, f"data[{i}].loss_fn_inputs[{k!r}]") for k, t in d.loss_fn_inputs.items()}
         for name, arr in inputs.items():
             want = INPUT_DTYPES.get(name)
             if want is not None and arr.dtype != np.dtype(want):
-                raise RequestError(f"data[{i}].loss_fn_inputs[{name!r}] must be {want}, got {arr.dtype}")
+                raise TrainerBadRequest(f"data[{i}].loss_fn_inputs[{name!r}] must be {want}, got {arr.dtype}")
             if arr.ndim == 0 or arr.ndim > 2 or arr.shape[0] != tokens.size:
-                raise RequestError(
+                raise TrainerBadRequest(
                     f"data[{i}].loss_fn_inputs[{name!r}] has shape {list(arr.shape)}; expected "
                     f"[{tokens.size}] or [{tokens.size}, K] (one row per model_input token)"
                 )

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from engine.local.trainer import checkpoints
-from engine.local.trainer.config import NotFound, RequestError
+from engine.local.trainer.config import NotFound, TrainerBadRequest
 
 if TYPE_CHECKING:
     from engine.local.trainer.service import TrainerService
@@ -70,7 +70,7 @@ def get_run(svc: TrainerService, run_id: str) -> dict[str, Any]:
 
 def delete_checkpoint(svc: TrainerService, run_id: str, kind: str, name: str) -> dict[str, Any]:
     if kind != "weights":
-        raise RequestError(
+        raise TrainerBadRequest(
             f"only weights/ checkpoints can be deleted here, not {kind}/ (weight sync owns those)"
         )
     target = checkpoints.state_path(svc.state_dir, run_id, name)

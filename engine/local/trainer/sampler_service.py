@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine.local.trainer import checkpoints, params
-from engine.local.trainer.config import NotFound, RequestError
+from engine.local.trainer.config import NotFound, TrainerBadRequest
 from engine.local.trainer.futures import Outcome
+from engine.local.trainer.generation import ModuleCache, SamplingSession, sample
 from engine.local.trainer.models import ModelState
 from engine.local.trainer.ordering import run_guarded
-from engine.local.trainer.sampling import ModuleCache, SamplingSession, sample
 from engine.weights.snapshot import SnapshotError, materialize
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ MAX_PENDING_SAMPLES = 512
 MAX_EPHEMERAL_SESSIONS = 32
 
 
-class Backpressure(RequestError):
+class Backpressure(TrainerBadRequest):
     status = 429
 
 
@@ -97,7 +97,7 @@ class SamplerService:
         if model_path is not None:
             tp = checkpoints.parse_tinker_path(model_path, "model_path")
             if tp.kind != "sampler_weights":
-                raise RequestError(
+                raise TrainerBadRequest(
                     "model_path must be a sampler_weights path (from save_weights_for_sampler)"
                 )
             # Not on self.executor: behind up to MAX_PENDING_SAMPLES queued samples, the client's
@@ -125,7 +125,7 @@ class SamplerService:
     def asample(self, body: dict[str, Any]) -> dict[str, Any]:
         sid = body.get("sampling_session_id")
         if sid is None:
-            raise RequestError("sampling_session_id is required (create a sampling session first)")
+            raise TrainerBadRequest("sampling_session_id is required (create a sampling session first)")
         s = self.sessions.get(sid) if isinstance(sid, str) else None
         if s is None:
             raise NotFound(
@@ -135,7 +135,7 @@ class SamplerService:
         svc = self.service
         prompt = params.prompt_tokens(body)
         if any(not 0 <= t < svc.vocab_size for t in prompt):
-            raise RequestError(f"prompt: token id out of range [0, {svc.vocab_size})")
+            raise TrainerBadRequest(f"prompt: token id out of range [0, {svc.vocab_size})")
         p = params.sample_params(body, len(prompt), svc.vocab_size, svc.max_length, svc.eos_id)
         if self.pending >= MAX_PENDING_SAMPLES:
             raise Backpressure(f"{self.pending} samples pending; retry later")

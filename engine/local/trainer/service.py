@@ -1,7 +1,7 @@
 """The trainer service: sessions, models and their ordered training operations.
 
 Handlers (``app``) call these coroutines on the event loop. Validation that can fail fast runs
-here and raises :class:`RequestError` (an immediate 4xx); the compute is queued on the model's
+here and raises :class:`TrainerBadRequest` (an immediate 4xx); the compute is queued on the model's
 worker thread and reported through the future store.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.local.trainer import checkpoints, params
-from engine.local.trainer.config import Gone, NotFound, RequestError, TrainerConfig
+from engine.local.trainer.config import Gone, NotFound, TrainerBadRequest, TrainerConfig
 from engine.local.trainer.futures import FutureStore, Outcome
 from engine.local.trainer.logs import LazyLogger
 from engine.local.trainer.losses import get_loss
@@ -51,7 +51,7 @@ class ModelEntry:
 
     def require_state(self) -> ModelState:
         if self.state is None:
-            raise RequestError(f"model {self.model_id} failed to initialize")
+            raise TrainerBadRequest(f"model {self.model_id} failed to initialize")
         return self.state
 
 
@@ -84,7 +84,7 @@ class TrainerService:
 
     def check_base_model(self, name: Any, field_name: str = "base_model") -> str:
         if name not in self.model_names():
-            raise RequestError(
+            raise TrainerBadRequest(
                 f"{field_name} {name!r} is not served here; this trainer serves {self.config.model!r}"
             )
         return self.config.model
@@ -142,10 +142,10 @@ class TrainerService:
 
     def _new_entry(self, session_id: str, model_seq_id: Any, lora: LoraSpec) -> ModelEntry:
         if isinstance(model_seq_id, bool) or not isinstance(model_seq_id, int) or model_seq_id < 0:
-            raise RequestError(f"model_seq_id must be a non-negative integer, got {model_seq_id!r}")
+            raise TrainerBadRequest(f"model_seq_id must be a non-negative integer, got {model_seq_id!r}")
         model_id = f"{session_id}:train:{model_seq_id}"
         if model_id in self.models:
-            raise RequestError(f"model {model_id} already exists (model_seq_id {model_seq_id} was used)")
+            raise TrainerBadRequest(f"model {model_id} already exists (model_seq_id {model_seq_id} was used)")
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{model_seq_id}")
         queue = OrderedQueue(model_id, self.store, executor, self.config.seq_gap_timeout_s)
         entry = ModelEntry(model_id, session_id, queue, executor, lora)
@@ -269,7 +269,9 @@ class TrainerService:
     def _state_dir_for(self, path: Any) -> tuple[checkpoints.TinkerPath, Path]:
         tp = checkpoints.parse_tinker_path(path)
         if tp.kind != "weights":
-            raise RequestError(f"path {path!r}: only weights/ (save_state) paths can seed a training client")
+            raise TrainerBadRequest(
+                f"path {path!r}: only weights/ (save_state) paths can seed a training client"
+            )
         return tp, checkpoints.state_path(self.state_dir, tp.run_id, tp.name)
 
     def load_weights(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -294,7 +296,9 @@ class TrainerService:
         try:
             lora = LoraSpec(**meta.get("lora", {"rank": 0}))
         except TypeError as exc:
-            raise RequestError(f"checkpoint {tp}: unreadable lora settings in meta.json ({exc})") from exc
+            raise TrainerBadRequest(
+                f"checkpoint {tp}: unreadable lora settings in meta.json ({exc})"
+            ) from exc
         entry = self._new_entry(session.session_id, body.get("model_seq_id"), lora)
 
         def create_and_load() -> Outcome:
@@ -317,14 +321,14 @@ class TrainerService:
         name = checkpoints.safe_name(params.field(body, "path", str))
         ctype = body.get("checkpoint_type") or "base"
         if ctype not in ("base", "delta"):
-            raise RequestError(f"checkpoint_type must be 'base' or 'delta', got {ctype!r}")
+            raise TrainerBadRequest(f"checkpoint_type must be 'base' or 'delta', got {ctype!r}")
         parent = body.get("parent_snapshot_identity")
         if parent is not None:
             parent = checkpoints.safe_name(
                 params.field(body, "parent_snapshot_identity", str), "parent_snapshot_identity"
             )
         if (self.config.bucket / name).exists():
-            raise RequestError(f"sampler snapshot {name!r} already exists in the bucket")
+            raise TrainerBadRequest(f"sampler snapshot {name!r} already exists in the bucket")
 
         def run(state: ModelState) -> Outcome:
             return Outcome(json=save_for_sampler(state, self.config.bucket, name, ctype, parent))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.local.trainer.config import RequestError
+from engine.local.trainer.config import TrainerBadRequest
 from engine.local.trainer.logs import LazyLogger
 from engine.local.trainer.models import ModelState
 from engine.weights.snapshot import SnapshotError, materialize, write_base, write_delta
@@ -40,7 +40,7 @@ def save_for_sampler(
             parent_id = None
             manifest = write_base(bucket, name, weights, state.base_model)
     except SnapshotError as exc:
-        raise RequestError(f"save_weights_for_sampler {name!r}: {exc}") from exc
+        raise TrainerBadRequest(f"save_weights_for_sampler {name!r}: {exc}") from exc
     state.last_snapshot = (name, weights)
     log.info(
         "sampler_snapshot",

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.local.trainer.config import RequestError
+from engine.local.trainer.config import TrainerBadRequest
 from engine.local.trainer.proto import SampledOut, encode_sample_response
 
 
@@ -58,7 +58,7 @@ def parse_stop(stop: Any, eos_id: int) -> tuple[frozenset[int], tuple[str, ...]]
         return frozenset({eos_id}), tuple(stop)
     if isinstance(stop, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in stop):
         return frozenset(stop), ()
-    raise RequestError("sampling_params.stop must be a string, a list of strings or a list of token ids")
+    raise TrainerBadRequest("sampling_params.stop must be a string, a list of strings or a list of token ids")
 
 
 class ModuleCache:

@@ -1,6 +1,6 @@
 """Request parsing and validation for the completions and hot-load endpoints.
 
-Everything here is pure: bytes in, a validated plan out, or ``RequestError`` naming the field at
+Everything here is pure: bytes in, a validated plan out, or ``DeploymentBadRequest`` naming the field at
 fault (rendered as an OpenAI-style 400 by the app).
 """
 
@@ -12,14 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
-from engine.local.deployment.sampling import SamplingParams
 from engine.local.deployment.state import SeqSpec
+from engine.local.deployment.token_selection import SamplingParams
 
 MAX_N = 64
 MAX_TOP_LOGPROBS = 20
 
 
-class RequestError(ValueError):
+class DeploymentBadRequest(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
@@ -81,9 +81,9 @@ def parse_json(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError("body", f"invalid JSON ({exc})") from exc
+        raise DeploymentBadRequest("body", f"invalid JSON ({exc})") from exc
     if not isinstance(data, dict):
-        raise RequestError("body", "expected a JSON object")
+        raise DeploymentBadRequest("body", "expected a JSON object")
     return data
 
 
@@ -98,7 +98,7 @@ def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
             str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "bool")))
         ]
         field = parts[0] + "".join(f"[{p}]" for p in parts[1:]) if parts else "body"
-        raise RequestError(field, first.get("msg", "invalid value")) from exc
+        raise DeploymentBadRequest(field, first.get("msg", "invalid value")) from exc
 
 
 def parse_completion(
@@ -107,18 +107,20 @@ def parse_completion(
     req: CompletionRequest = _validate(CompletionRequest, data)
     # Choice i is seeded with seed + i; torch.Generator.manual_seed takes [-2**63, 2**64).
     if req.seed is not None and not -(2**63) <= req.seed <= 2**64 - req.n:
-        raise RequestError("seed", f"must be an integer in [-2**63, 2**64 - n), got {req.seed}")
+        raise DeploymentBadRequest("seed", f"must be an integer in [-2**63, 2**64 - n), got {req.seed}")
     if isinstance(req.prompt, str):
         prompt = list(tokenizer.encode(req.prompt, add_special_tokens=False))
     else:
         prompt = list(req.prompt)
     if not prompt:
-        raise RequestError("prompt", "must not be empty")
+        raise DeploymentBadRequest("prompt", "must not be empty")
     for i, tok in enumerate(prompt):
         if not 0 <= tok < vocab_size:
-            raise RequestError(f"prompt[{i}]", f"token id {tok} is outside the vocabulary [0, {vocab_size})")
+            raise DeploymentBadRequest(
+                f"prompt[{i}]", f"token id {tok} is outside the vocabulary [0, {vocab_size})"
+            )
     if len(prompt) >= max_positions:
-        raise RequestError(
+        raise DeploymentBadRequest(
             "prompt", f"{len(prompt)} tokens leave no room in the model's context of {max_positions} tokens"
         )
     stop_strings: list[str] = []
@@ -131,7 +133,7 @@ def parse_completion(
             stop_strings.append(item)
     for i, tok in enumerate(sorted(stop_ids)):
         if not 0 <= tok < vocab_size:
-            raise RequestError("stop", f"stop token id {tok} (#{i}) is outside the vocabulary")
+            raise DeploymentBadRequest("stop", f"stop token id {tok} (#{i}) is outside the vocabulary")
     if eos_token_id is not None and not req.ignore_eos:
         stop_ids.add(eos_token_id)
     want_logprobs = req.logprobs is not None and req.logprobs is not False
@@ -142,7 +144,7 @@ def parse_completion(
         elif isinstance(req.logprobs, int) and not isinstance(req.logprobs, bool):
             top = req.logprobs
         if not 0 <= top <= MAX_TOP_LOGPROBS:
-            raise RequestError("logprobs", f"must be between 0 and {MAX_TOP_LOGPROBS}")
+            raise DeploymentBadRequest("logprobs", f"must be between 0 and {MAX_TOP_LOGPROBS}")
     sampling = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=max(req.top_k, 0))
     specs = [
         SeqSpec(
