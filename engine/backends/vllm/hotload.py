@@ -15,8 +15,8 @@ aborted (the sampler retries it on the new weights).
 
 A failed reload leaves vLLM's layers on the meta device (it reloads in place, layer by layer) and the
 next forward pass would kill the engine. So, still paused, the loader reloads what was served before
-(its directory under the work dir, re-materialized from the store if pruned, or the launch directory
-for the initial weights) and puts its label back; only then does it resume and raise
+(its directory under the work dir, re-materialized from the store if pruned, or rebuilt from the
+launch checkpoint for the initial weights) and puts its label back; only then does it resume and raise
 ``VllmHotloadError`` (the chain's next snapshot is then a base). If even that fails it labels the
 server ``unknown:...``, an identity no chain holds, so the next read-back says so. A load once begun
 runs to its end (each step bounded) even if the caller is cancelled: a resume during a reload would
@@ -182,7 +182,8 @@ class VllmHotLoader:
         target: Path | None = None
         try:
             if previous is None:
-                target = self.initial_weights_dir
+                if self.initial_weights_dir is not None:
+                    target = await self.materializer.materialize_initial(self.initial_weights_dir)
             elif self.materializer.ready(previous):
                 target = self.materializer.path_for(previous)
             elif not previous.startswith(UNKNOWN_PREFIX) and self.store is not None:

@@ -7,11 +7,15 @@ when one exists), in the checkpoint's own tensor names (``model.layers.0.self_at
 tokenizer stay those the server started with. So a weights directory here is one
 ``model.safetensors`` plus hotloop's ``hotloop_weights.json`` (identity, weights sha256).
 
-vLLM reloads layer by layer in place after moving the layers to the meta device; a reload that fails
-part-way (a missing file, a missing or misshapen tensor) leaves the model unusable and the next
-forward pass kills the engine. So the tensors are checked against the served checkpoint's layout
-(``read_layout`` of its directory) before vLLM sees them: every tensor present with its shape, and
-extras only when they duplicate one (the tied ``lm_head.weight`` a trainer's ``state_dict`` repeats).
+It must hold *every* parameter, including a tied ``lm_head.weight`` that Hugging Face checkpoints
+omit: vLLM reloads layer by layer in place, which unties ``lm_head`` from ``embed_tokens``, and a layer
+that receives no tensor keeps its old values (measured on 0.32: logprobs then follow the launch
+embedding, off by 1-12 nats after a few training steps). ``read_layout`` adds it for tied models.
+
+A reload that fails part-way (a missing file, a misshapen tensor) leaves layers on the meta device
+and the next forward pass kills the engine. So the tensors are checked against the served
+checkpoint's layout before vLLM sees them: every tensor present with its shape, and extras only when
+they duplicate one.
 
 The last materialized state stays in memory, so the next delta applies to it without re-reading the
 chain; ``prune`` keeps only the directories still needed (the served one, for a rollback).
@@ -42,12 +46,19 @@ _log = get_logger("backends.vllm.materialize")
 WEIGHTS_FILE = "model.safetensors"
 MARKER = "hotloop_weights.json"
 MAX_CHAIN = 1024
+INITIAL_DIR = "_initial"
+"""The launch checkpoint's weights directory (a name no snapshot identity can take)."""
 Layout = Mapping[str, tuple[int, ...]]
 
 
+TIED_HEAD = "lm_head.weight"
+TIED_SOURCE = "model.embed_tokens.weight"
+
+
 def read_layout(model_dir: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes of a Hugging Face checkpoint directory, from the safetensors headers
-    alone (no tensor is read)."""
+    """The tensors (names and shapes) a reload of this checkpoint's model must receive: its
+    safetensors headers (no tensor is read), plus ``lm_head.weight`` when the model ties it to the
+    embedding (``tie_word_embeddings`` not false in config.json and no head in the checkpoint)."""
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise SnapshotError(f"{model_dir}: no *.safetensors files to read the served layout from")
@@ -59,6 +70,10 @@ def read_layout(model_dir: Path) -> dict[str, tuple[int, ...]]:
         for name, info in header.items():
             if name != "__metadata__":
                 layout[name] = tuple(int(d) for d in info["shape"])
+    config = Path(model_dir) / "config.json"
+    tied = json.loads(config.read_text()).get("tie_word_embeddings", True) if config.is_file() else True
+    if tied is not False and TIED_HEAD not in layout and TIED_SOURCE in layout:
+        layout[TIED_HEAD] = layout[TIED_SOURCE]
     return layout
 
 
@@ -68,6 +83,8 @@ def fit_layout(
     """The tensors to write: exactly the served checkpoint's, each with its shape (see module doc)."""
     if layout is None:
         return dict(state)
+    if TIED_HEAD in layout and TIED_HEAD not in state and TIED_SOURCE in state:
+        state = {**state, TIED_HEAD: state[TIED_SOURCE]}  # a snapshot that stored the tie once
     missing = sorted(set(layout) - set(state))
     if missing:
         raise SnapshotError(
@@ -169,12 +186,30 @@ class WeightsMaterializer:
         self._held = (identity, state)
         return path
 
-    def _write(self, identity: str, tensors: Mapping[str, torch.Tensor], sha256: str) -> Path:
+    async def materialize_initial(self, model_dir: Path) -> Path:
+        """A weights directory of the checkpoint the server started from (``INITIAL_DIR``): the
+        launch directory itself lacks the tied head a reload needs."""
+
+        def build() -> Path:
+            from safetensors.torch import load_file
+
+            state: dict[str, torch.Tensor] = {}
+            for path in sorted(Path(model_dir).glob("*.safetensors")):
+                state.update(load_file(str(path)))
+            tensors = fit_layout(state, self.layout, INITIAL_DIR)
+            return self._write(INITIAL_DIR, tensors, "", target=self.work_dir / INITIAL_DIR)
+
+        async with self._lock:
+            return await asyncio.to_thread(build)
+
+    def _write(
+        self, identity: str, tensors: Mapping[str, torch.Tensor], sha256: str, target: Path | None = None
+    ) -> Path:
         from safetensors.torch import save_file
 
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        target = self.path_for(identity)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{identity}.", dir=self.work_dir))
+        target = target or self.path_for(identity)
+        tmp = Path(tempfile.mkdtemp(prefix=".staging.", dir=self.work_dir))
         try:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE))
             (tmp / MARKER).write_text(json.dumps({"identity": identity, "weights_sha256": sha256}))
