@@ -211,7 +211,13 @@ class WeightsMaterializer:
         target = target or self.path_for(identity)
         tmp = Path(tempfile.mkdtemp(prefix=".staging.", dir=self.work_dir))
         try:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE))
+            seen: set[int] = set()
+            out: dict[str, torch.Tensor] = {}
+            for name, tensor in tensors.items():  # safetensors refuses tensors sharing memory (a tie)
+                t = tensor.contiguous()
+                out[name] = t.clone() if t.data_ptr() in seen else t
+                seen.add(t.data_ptr())
+            save_file(out, str(tmp / WEIGHTS_FILE))
             (tmp / MARKER).write_text(json.dumps({"identity": identity, "weights_sha256": sha256}))
             if target.exists():
                 shutil.rmtree(target)
