@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,8 @@ from engine.sampling.sse import CompletionAccumulator
 # Statuses a healthy server uses to push back; they never abort a run.
 PUSHBACK_STATUSES = TRANSIENT_STATUSES
 DEFAULT_ENDPOINT = "/inference/v1/completions"
+FIREWORKS_BODY = {"perf_metrics_in_response": True}
+"""Fireworks and the embedded deployment put queue/TTFT timings in the final chunk when asked."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class Target:
     secret: str | None = field(default=None, repr=False)
     accumulator: Callable[[], CompletionAccumulator] = CompletionAccumulator
     """Reads the server's stream dialect (token ids, server metrics); see engine.sampling.dialect."""
+    dialect_body: Mapping[str, Any] = field(default_factory=lambda: dict(FIREWORKS_BODY))
+    """Fields the dialect adds to every body (what makes its server report timings)."""
 
     def redact(self, text: str) -> str:
         return text.replace(self.secret, "***") if self.secret else text
@@ -58,10 +62,9 @@ class Target:
             "max_tokens": prompt.max_tokens,
             "temperature": self.temperature,
             "stream": True,
-            # Fireworks and the embedded deployment put queue/TTFT timings in the final chunk;
-            # OpenAI-compatible servers ignore the field, and include usage on request.
-            "perf_metrics_in_response": True,
+            # OpenAI-compatible servers include usage (and vLLM its per-request metrics) on request.
             "stream_options": {"include_usage": True},
+            **self.dialect_body,
         }
         if self.ignore_eos:
             body["ignore_eos"] = True
