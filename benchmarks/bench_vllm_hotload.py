@@ -33,7 +33,6 @@ from safetensors.torch import load_file
 
 from engine.backends.base import SamplerSnapshot
 from engine.backends.vllm import (
-    DirectoryStore,
     VllmAdminClient,
     VllmHotLoader,
     VllmLaunchSpec,
@@ -46,6 +45,7 @@ from engine.local.launch import DEPLOYMENT_URL_KEY, alaunched, serve_argv
 from engine.local.models import build_model_dir
 from engine.log import configure
 from engine.weights.snapshot import write_base, write_delta
+from engine.weights.store import DirectoryStore
 
 
 def write_chain(bucket: Path, model_dir: Path, deltas: int) -> list[str]:

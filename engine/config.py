@@ -178,9 +178,16 @@ class TrainerPlaneConfig(_ServerAddress):
 
 
 class VllmLaunchConfig(_Model):
-    """Let hotloop start vLLM (``python -m vllm.entrypoints.openai.api_server``) under its supervisor."""
+    """Let hotloop start vLLM (``python -m vllm.entrypoints.openai.api_server``) under its supervisor,
+    serving the run's model."""
 
-    python: str = Field(min_length=1, description="the python executable of vLLM's own virtual environment")
+    python: str | None = Field(
+        default=None,
+        description="vLLM's own venv python; default: $HOTLOOP_VLLM_PYTHON, .venv-vllm, /opt/vllm-venv",
+    )
+    dtype: str = Field(default="float32", min_length=1, description="float32 agrees with the trainer's fp32")
+    max_model_len: int = Field(default=1024, ge=16)
+    kv_cache_gib: int = Field(default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on a CPU build")
     args: list[str] = Field(default_factory=list, description="extra server arguments")
     startup_timeout_s: float = Field(default=600.0, gt=0)
 

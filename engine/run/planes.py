@@ -9,6 +9,7 @@ plane needs it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +62,62 @@ async def _control_plane(
     )
 
 
+def _model_dir(model: str) -> Path:
+    """The run's model as a Hugging Face directory (an embedded model is built once into the cache)."""
+    if Path(model).is_dir():
+        return Path(model)
+    from engine.local.models import build_model_dir
+
+    try:
+        return build_model_dir(model)
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc}") from None
+
+
 def _tokenizer_loader() -> object:
     # Embedded model names and local HF directories load offline; anything else falls back to
     # tinker's (Hugging Face) lookup inside the session.
     from engine.local.models import load_tokenizer
 
     return load_tokenizer
+
+
+async def _vllm(config: RunConfig, run_dir: Path) -> DeploymentBackend:
+    from engine.backends.vllm import VllmDeployment, VllmLaunchSpec, locate_vllm_python
+
+    plane = config.deployment
+    served = plane.served_model_name or config.model
+    work_dir = run_dir / "vllm"
+    if plane.launch is None:
+        return VllmDeployment(
+            base_url=plane.url("deployment"),
+            served_model_name=served,
+            api_key_env=plane.api_key_env,
+            work_dir=work_dir,
+        )
+    launch = plane.launch
+    python = launch.python or locate_vllm_python()
+    if python is None:
+        raise ConfigError(
+            "deployment.launch.python: no vLLM install found (set it, or HOTLOOP_VLLM_PYTHON, "
+            "or run scripts/install-vllm.sh)"
+        )
+    spec = VllmLaunchSpec(
+        python=str(python),
+        model_dir=str(await asyncio.to_thread(_model_dir, config.model)),
+        served_model_name=served,
+        dtype=launch.dtype,
+        max_model_len=launch.max_model_len,
+        extra_args=tuple(launch.args),
+        env={"VLLM_CPU_KVCACHE_SPACE": str(launch.kv_cache_gib)},
+    )
+    return VllmDeployment(
+        launch=spec,
+        served_model_name=served,
+        api_key_env=plane.api_key_env,
+        work_dir=work_dir,
+        start_timeout_s=launch.startup_timeout_s,
+    )
 
 
 async def open_planes(
@@ -108,6 +159,6 @@ async def open_planes(
         )
         deployment = ControlPlaneDeployment(manager, conn.api_key)
     else:
-        raise ConfigError(f"deployment.kind: {config.deployment.kind!r} is not available in this build yet")
+        deployment = await _vllm(config, run_dir)
     stack.push_async_callback(deployment.aclose)
     return Planes(trainer, deployment)

@@ -16,10 +16,11 @@ from vllm_support import greedy, prompt_ids, train_steps, trainer_logprobs
 
 from engine.backends.base import SamplerSnapshot, SnapshotStore
 from engine.backends.tinker import TrainingSession
-from engine.backends.vllm import DirectoryStore, VllmHotLoader, VllmHotloadError
+from engine.backends.vllm import VllmHotLoader, VllmHotloadError
 from engine.backends.vllm.materialize import WeightsMaterializer
 from engine.local.models import load_tokenizer
 from engine.sampling import AdaptiveConcurrencyController, FixedConcurrencyController, SamplingRetryPolicy
+from engine.weights.store import DirectoryStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 

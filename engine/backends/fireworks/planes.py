@@ -29,6 +29,7 @@ from engine.backends.fireworks.hotload import ControlPlaneHotLoader
 from engine.backends.fireworks.jobs import TrainerJobManager
 from engine.backends.tinker.session import TokenizerLoader
 from engine.errors import FatalError
+from engine.weights.store import DirectoryStore
 
 if TYPE_CHECKING:
     from engine.sampling.controllers import ConcurrencyController
@@ -37,18 +38,6 @@ if TYPE_CHECKING:
 
 KIND = "control_plane"
 POLL_S = 0.25
-
-
-class BucketStore:
-    """Snapshots of a trainer whose bucket is a local directory (the embedded control plane's)."""
-
-    def __init__(self, bucket: Path) -> None:
-        self.bucket = bucket
-
-    async def local_dir(self, identity: str) -> Path:
-        from engine.weights.names import check_name
-
-        return self.bucket / check_name(identity)
 
 
 class ControlPlaneTrainer:
@@ -118,7 +107,7 @@ class ControlPlaneTrainer:
 
     def snapshot_store(self, ref: TrainerRef) -> SnapshotStore | None:
         bucket = ref.attrs.get("bucket")
-        return BucketStore(Path(bucket)) if bucket else None
+        return DirectoryStore(Path(bucket)) if bucket else None
 
     async def release(self, ref: TrainerRef, *, delete: bool) -> None:
         if delete:

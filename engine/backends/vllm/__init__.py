@@ -6,8 +6,7 @@ Modules (each small, each with its own docstring):
                  (reload_weights), /update_weight_version, /weight_info, /reset_prefix_cache, LoRA
     dialect      VllmDialect + VllmAccumulator: the /v1/completions request and stream (token ids,
                  logprobs, queue_time_ms, weight_versions on 0.33+)
-    materialize  WeightsMaterializer (snapshot chain -> full weights directory), DirectoryStore (a
-                 SnapshotStore over a bucket directory), read_layout
+    materialize  WeightsMaterializer (snapshot chain -> full weights directory), read_layout
     hotload      VllmHotLoader (a HotLoader): materialize, pause, reload, reset cache, label, resume, verify
     launcher     VllmLaunchSpec + VllmServer: start vLLM from a python executable, supervised;
                  locate_vllm_python
@@ -55,11 +54,10 @@ from engine.backends.vllm.errors import (
 )
 from engine.backends.vllm.hotload import VllmHotLoader
 from engine.backends.vllm.launcher import VllmLaunchSpec, VllmServer, locate_vllm_python
-from engine.backends.vllm.materialize import DirectoryStore, WeightsMaterializer, read_layout
+from engine.backends.vllm.materialize import WeightsMaterializer, read_layout
 
 __all__ = [
     "INITIAL_VERSION",
-    "DirectoryStore",
     "PauseMode",
     "VllmAccumulator",
     "VllmAdminClient",

@@ -108,19 +108,6 @@ def fit_layout(
     return out
 
 
-class DirectoryStore:
-    """A ``SnapshotStore`` over a bucket directory (``BUCKET/<identity>/``), e.g. the embedded trainer's."""
-
-    def __init__(self, bucket: Path) -> None:
-        self.bucket = Path(bucket)
-
-    async def local_dir(self, identity: str) -> Path:
-        path = self.bucket / check_name(identity)
-        if not await asyncio.to_thread(path.is_dir):
-            raise SnapshotError(f"snapshot {identity!r} not found in {self.bucket}")
-        return path
-
-
 class WeightsMaterializer:
     """Writes full weights directories under ``work_dir`` (which the vLLM server must be able to read)."""
 
