@@ -64,6 +64,18 @@ def check_name(name: str) -> str:
     return name
 
 
+def contained(root: Path, *parts: str) -> Path:
+    """``root/parts...``, refused if any component below ``root`` is a symlink (or ``..``): a
+    writer of the bucket must not make a reader open, hash or load a file outside it."""
+    path = Path(root).joinpath(*parts)
+    real_root = Path(root).resolve()
+    if any(
+        p in ("", ".", "..") or "/" in p or "\0" in p for p in parts
+    ) or path.resolve() != real_root.joinpath(*parts):
+        raise SnapshotError(f"{'/'.join(parts)!r} leaves {root} (symlinks and '..' are not followed)")
+    return path
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     dtype: str
@@ -276,7 +288,7 @@ def write_delta(
 
 
 def read_manifest(bucket: Path, identity: str) -> Manifest:
-    path = Path(bucket) / check_name(identity) / MANIFEST
+    path = contained(Path(bucket), check_name(identity), MANIFEST)
     if not path.exists():
         raise SnapshotError(f"snapshot {identity!r} not found in {bucket}")
     try:
@@ -292,8 +304,10 @@ def read_manifest(bucket: Path, identity: str) -> Manifest:
 
 
 def _verified_payload(bucket: Path, manifest: Manifest) -> Path:
-    payload = Path(bucket) / manifest.identity / manifest.payload
-    if not payload.exists():
+    if manifest.payload not in (BASE_FILE, DELTA_FILE):
+        raise SnapshotError(f"snapshot {manifest.identity!r}: unknown payload file {manifest.payload!r}")
+    payload = contained(Path(bucket), manifest.identity, manifest.payload)
+    if not payload.is_file():
         raise SnapshotError(f"snapshot {manifest.identity!r}: payload {manifest.payload} is missing")
     digest = _file_sha256(payload)
     if digest != manifest.payload_sha256:
@@ -309,9 +323,19 @@ def apply_delta(
 ) -> dict[str, torch.Tensor]:
     """The child weights: parent XOR delta, verified against the manifest's ``weights_sha256``."""
     payload = _verified_payload(bucket, manifest)
-    raw = np.frombuffer(zstandard.ZstdDecompressor().decompress(payload.read_bytes()), dtype=np.uint8)
     if _tensor_infos(parent_state) != manifest.tensors:
         raise SnapshotError(f"delta {manifest.identity!r} does not fit the parent's tensor layout")
+    # The parent's layout says how many bytes the delta holds (two planes per float tensor at most):
+    # decompress no further than that, whatever the frame header declares.
+    expected = sum(2 * t.numel() * t.element_size() for t in parent_state.values())
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(payload.read_bytes()) as reader:
+            data = reader.read(expected + 1)
+    except zstandard.ZstdError as exc:
+        raise SnapshotError(f"delta {manifest.identity!r}: payload does not decompress ({exc})") from exc
+    if len(data) > expected:
+        raise SnapshotError(f"delta {manifest.identity!r} decompresses past its tensors' size")
+    raw = np.frombuffer(data, dtype=np.uint8)
     if manifest.encoding not in ("xor", "sub-xor"):
         raise SnapshotError(f"delta {manifest.identity!r}: unknown encoding {manifest.encoding!r}")
     out: dict[str, torch.Tensor] = {}

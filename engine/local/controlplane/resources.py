@@ -199,13 +199,17 @@ class DeploymentRecord:
         }
 
 
+def _through_symlink(root: Path, path: Path) -> bool:
+    return path.resolve() != root.resolve() / path.relative_to(root)
+
+
 def list_checkpoints(job: JobRecord) -> list[dict[str, Any]]:
     """Training states (``STATE/<run>/weights/<name>``) and sampler snapshots (``BUCKET/<id>``), oldest
     first."""
     rows: list[tuple[float, dict[str, Any]]] = []
     if job.state_dir.is_dir():
         for weights in sorted(job.state_dir.glob("*/weights/*")):
-            if weights.is_dir():
+            if weights.is_dir() and not _through_symlink(job.state_dir, weights):
                 run_id, name = weights.parent.parent.name, weights.name
                 rows.append(
                     (
@@ -222,6 +226,8 @@ def list_checkpoints(job: JobRecord) -> list[dict[str, Any]]:
                 )
     if job.bucket.is_dir():
         for manifest in sorted(job.bucket.glob("*/manifest.json")):
+            if _through_symlink(job.bucket, manifest):
+                continue  # never read a file outside the bucket
             try:
                 kind = json.loads(manifest.read_text()).get("kind", "base")
             except (OSError, ValueError):

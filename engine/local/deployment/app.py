@@ -8,9 +8,9 @@ scheduler's worker thread.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from engine.local.deployment.batch_runner import BatchRunner
 from engine.local.deployment.hotload import HotLoadBusyError, HotLoader
 from engine.local.deployment.metrics import DeploymentMetrics
 from engine.local.deployment.protocol import (
+    CompletionPlan,
     DeploymentBadRequest,
     parse_completion,
     parse_hot_load,
@@ -29,11 +30,24 @@ from engine.local.deployment.protocol import (
 from engine.local.deployment.responses import CompletionBuilder
 from engine.local.deployment.scheduler import Scheduler
 from engine.local.deployment.state import QueueFullError, RequestHandle, Update
-from engine.log import get_logger
+from engine.local.http_server import (
+    OFF_LOOP_BYTES,
+    ServerLimits,
+    check_head,
+    key_matches,
+    make_runner,
+    new_app,
+    read_body,
+    start_site,
+)
+from engine.local.inputs import BadInput
+from engine.log import get_logger, truncate
 
 log = get_logger(__name__)
 STATE: web.AppKey[Deployment] = web.AppKey("deployment")
 OPEN_PATHS = ("/health", "/metrics")
+# Set by the control plane's gateway: the caller connection a request comes from (``fairness``).
+CLIENT_HEADER = "X-Hotloop-Client"
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,7 @@ class DeploymentServerSettings:
     seed: int = 0
     threads: int = 1  # torch intra-op threads of the engine thread
     prompt_cache_tokens: int = 8192  # LRU of prompt K/V, in prompt tokens (0 disables it)
+    max_body_bytes: int = 16 * 1024 * 1024  # decoded request body (413 beyond)
 
 
 class Deployment:
@@ -60,6 +75,9 @@ class Deployment:
         self.scheduler: Scheduler | None = None
         self.hotloader: HotLoader | None = None
         self.tokenizer: Any = None
+        self.max_prompt_chars: int | None = None  # a longer text prompt cannot fit the context
+        # Tokenizing and validating large requests runs here, never on the event loop.
+        self.prep = ThreadPoolExecutor(2, thread_name_prefix="deployment-prep")
         self.metrics = DeploymentMetrics(
             waiting=lambda: self.scheduler.waiting if self.scheduler else 0,
             running=lambda: self.scheduler.running if self.scheduler else 0,
@@ -72,6 +90,8 @@ class Deployment:
         model, self.tokenizer = await asyncio.to_thread(
             lambda: (load_model(self.config.model), load_tokenizer(self.config.model))
         )
+        longest = await asyncio.to_thread(longest_token_chars, self.tokenizer)
+        self.max_prompt_chars = int(model.config.max_position_embeddings) * longest
         runner = BatchRunner(
             model,
             pad_token_id=self.tokenizer.pad_token_id,
@@ -100,50 +120,105 @@ class Deployment:
             await self.hotloader.close()
         if self.scheduler is not None:
             await asyncio.to_thread(self.scheduler.close)
+        self.prep.shutdown(wait=False, cancel_futures=True)
+
+    def plan(self, raw: bytes, data: dict[str, Any] | None) -> CompletionPlan:
+        """Blocking when the prompt is text (tokenizing): the handler runs it on ``prep`` then."""
+        assert self.scheduler is not None
+        runner = self.scheduler.runner
+        return parse_completion(
+            data if data is not None else parse_json(raw),
+            tokenizer=self.tokenizer,
+            vocab_size=runner.vocab_size,
+            max_positions=runner.max_positions,
+            eos_token_id=self.tokenizer.eos_token_id,
+            max_prompt_chars=self.max_prompt_chars,
+        )
+
+
+def longest_token_chars(tokenizer: Any) -> int:
+    """Characters of the longest vocabulary entry: a text longer than context x this cannot fit."""
+    vocab = tokenizer.get_vocab()
+    pieces = tokenizer.convert_tokens_to_string
+    return max(8, max((len(pieces([t])) for t in vocab), default=8))
 
 
 def _error(
     status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
 ) -> web.Response:
-    kind = "invalid_request_error" if status == 400 else "server_error"
-    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
+    # Messages quote request values; a bounded body must not become an unbounded answer.
+    body = {"error": {"message": truncate(message, 2000), "type": kind, "param": param, "code": status}}
     return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def _edge(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Header bytes and bodies (size, encoding, arrival time) refused with a 4xx naming the field."""
+    try:
+        check_head(request)
+        result: web.StreamResponse = await handler(request)
+    except BadInput as exc:
+        request.app[STATE].metrics.rejected.labels(str(exc.status)).inc()
+        return _error(exc.status, str(exc), exc.field)
+    return result
 
 
 @web.middleware
 async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
     key = request.app[STATE].config.api_key
-    if key and request.path not in OPEN_PATHS:
-        bearer = request.headers.get("Authorization", "")
-        given = bearer[7:] if bearer.lower().startswith("bearer ") else request.headers.get("X-Api-Key", "")
-        if not hmac.compare_digest(given.encode(), key.encode()):  # constant-time
-            return _error(401, "missing or wrong API key (Authorization: Bearer ... or X-Api-Key)")
+    if key and request.path not in OPEN_PATHS and not key_matches(_presented_key(request), key):
+        return _error(401, "missing or wrong API key (Authorization: Bearer ... or X-Api-Key)")
     result: web.StreamResponse = await handler(request)
     return result
+
+
+def _presented_key(request: web.Request) -> str:
+    bearer = request.headers.get("Authorization", "")
+    return bearer[7:] if bearer.lower().startswith("bearer ") else request.headers.get("X-Api-Key", "")
+
+
+def _client(request: web.Request, dep: Deployment) -> str:
+    """Whose share of the waiting queue a request uses (``fairness``): the caller's connection, as
+    the gateway reports it (trusted only with the key) or as this server sees it."""
+    forwarded = request.headers.get(CLIENT_HEADER)
+    if forwarded and dep.config.api_key:  # the auth middleware has checked the key already
+        return "gw:" + forwarded[:200]
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "unknown"
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("x-request-id")
+    if given is None or given == "":
+        return f"cmpl-{uuid.uuid4().hex}"
+    if len(given) > 200 or not (given.isascii() and given.isprintable()):
+        raise BadInput(400, "header x-request-id", "must be at most 200 printable ASCII characters")
+    return given
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     dep = request.app[STATE]
     assert dep.scheduler is not None and dep.hotloader is not None
     scheduler = dep.scheduler
-    runner = scheduler.runner
+    request_id = _request_id(request)
+    raw = await read_body(request)
     try:
-        plan = parse_completion(
-            parse_json(await request.read()),
-            tokenizer=dep.tokenizer,
-            vocab_size=runner.vocab_size,
-            max_positions=runner.max_positions,
-            eos_token_id=dep.tokenizer.eos_token_id,
-        )
+        # Small bodies with a token-id prompt validate on the loop; text (tokenizing) or large ones
+        # on the prep threads, so /health and every stream keep being served meanwhile.
+        data = parse_json(raw) if len(raw) <= OFF_LOOP_BYTES else None
+        if data is not None and not isinstance(data.get("prompt"), str):
+            plan = dep.plan(raw, data)
+        else:
+            plan = await asyncio.get_running_loop().run_in_executor(dep.prep, dep.plan, raw, data)
     except DeploymentBadRequest as exc:
         dep.metrics.rejected.labels("400").inc()
         return _error(400, str(exc), exc.field)
     if dep.config.reject_during_load and dep.hotloader.loading:
         dep.metrics.rejected.labels("425").inc()
         return _error(425, "a hot-load is in progress; retry shortly", headers={"Retry-After": "1"})
-    request_id = request.headers.get("x-request-id") or f"cmpl-{uuid.uuid4().hex}"
     builder = CompletionBuilder(plan, dep.tokenizer, request_id, plan.model)
-    handle = RequestHandle(len(plan.specs))
+    handle = RequestHandle(len(plan.specs), client=_client(request, dep))
     try:
         scheduler.submit(handle, plan.specs)
     except QueueFullError as exc:
@@ -254,7 +329,7 @@ async def hot_load_post(request: web.Request) -> web.Response:
     dep = request.app[STATE]
     assert dep.hotloader is not None
     try:
-        req = parse_hot_load(parse_json(await request.read()))
+        req = parse_hot_load(parse_json(await read_body(request)))
     except DeploymentBadRequest as exc:
         return _error(400, str(exc), exc.field)
     try:
@@ -295,7 +370,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_app(config: DeploymentServerSettings) -> web.Application:
-    app = web.Application(middlewares=[_auth], client_max_size=64 * 1024 * 1024)
+    app = new_app(ServerLimits(max_body_bytes=config.max_body_bytes), middlewares=[_edge, _auth])
     dep = Deployment(config)
     app[STATE] = dep
 
@@ -334,16 +409,15 @@ class DeploymentServer:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        # handler_cancellation: a client that disconnects cancels its handler, which frees its slot
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        # handler_cancellation (make_runner's default): a client that disconnects cancels its
+        # handler, which frees its slot.
+        self._runner = make_runner(self.app)
         await self._runner.setup()  # runs on_startup: the model is loaded, the engine thread started
         try:
-            await web.TCPSite(self._runner, self.host, self.port).start()
+            self.port = await start_site(self._runner, self.host, self.port)
         except BaseException:  # e.g. the port is taken: stop the engine thread, do not leak it
             await self.stop()
             raise
-        sockets = self._runner.addresses
-        self.port = int(sockets[0][1])
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -1,5 +1,6 @@
-"""Continuous batching: a bounded FIFO waiting queue and a running batch that sequences join and leave
-between decode steps, driven by ONE worker thread that owns the model.
+"""Continuous batching: a bounded waiting queue (admitted fairly across clients, see ``fairness``)
+and a running batch that sequences join and leave between decode steps, driven by ONE worker thread
+that owns the model.
 
 One iteration of the worker: drop cancelled sequences; if a weight swap is pending and the batch has
 drained, apply it (SYNC transition: nothing new is admitted while a swap waits, so in-flight
@@ -33,6 +34,7 @@ import torch
 
 from engine.local.deployment.batch_runner import BatchRunner
 from engine.local.deployment.detok import TextTracker
+from engine.local.deployment.fairness import fair_order
 from engine.local.deployment.state import (
     QueueFullError,
     RequestHandle,
@@ -220,14 +222,18 @@ class Scheduler:
                 if self._swap is not None and not self._rows:
                     swap, self._swap = self._swap, None
                 admitted: list[_Seq] = []
-                if self._swap is None:
+                if self._swap is None and self._waiting and len(self._rows) < self.max_batch:
+                    waiting = list(self._waiting)
+                    ordered = [waiting[i] for i in fair_order([s.handle.client for s in waiting])]
                     count = plan_admission(
-                        [len(s.spec.prompt) for s in self._waiting],
+                        [len(s.spec.prompt) for s in ordered],
                         len(self._rows),
                         self.max_batch,
                         self.prefill_token_budget,
                     )
-                    admitted = [self._waiting.popleft() for _ in range(count)]
+                    admitted = ordered[:count]
+                    taken = {id(s) for s in admitted}
+                    self._waiting = deque(s for s in waiting if id(s) not in taken)
             updates: dict[RequestHandle, list[Update]] = {}
             try:
                 if swap is not None:
