@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.local.deployment.batch_runner import BatchRunner
+from engine.local.deployment.fairness import CLIENT_HEADER
 from engine.local.deployment.hotload import HotLoadBusyError, HotLoader
 from engine.local.deployment.metrics import DeploymentMetrics
 from engine.local.deployment.protocol import (
@@ -46,8 +47,6 @@ from engine.log import get_logger, truncate
 log = get_logger(__name__)
 STATE: web.AppKey[Deployment] = web.AppKey("deployment")
 OPEN_PATHS = ("/health", "/metrics")
-# Set by the control plane's gateway: the caller connection a request comes from (``fairness``).
-CLIENT_HEADER = "X-Hotloop-Client"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
+# Set by the control plane's gateway: the caller connection a request comes from.
+CLIENT_HEADER = "X-Hotloop-Client"
+
 
 def fair_order(owners: Sequence[Hashable]) -> list[int]:
     """Indices of ``owners`` (the client of each waiting sequence, oldest first) in admission order:
