@@ -7,7 +7,7 @@ Each server builds its app with :func:`new_app` and runs it with :func:`make_run
   idle keep-alive connection is closed after ``idle_timeout_s``;
 * at most ``max_connections`` connections are open, kept below the process's descriptor limit: at
   the cap the oldest connection with no request in progress is closed, else the new one, so
-  ``accept()`` never fails for lack of descriptors (and never floods the log when it does);
+  ``accept()`` does not run out of descriptors (and is not allowed to flood the log if it does);
 * a body must arrive within ``body_timeout_s`` and decode (gzip, deflate, zstd) to at most
   ``max_body_bytes``, whatever its headers or frame say;
 * a client that disconnects cancels its handler (upstream work stops with it);
@@ -49,6 +49,10 @@ class ServerLimits:
     body_timeout_s: float = 120.0
     max_header_bytes: int = 8190  # per request line and per header field (aiohttp's own limit)
     max_headers: int = 100
+    # Listen queue, and how many connections the loop accepts per wake-up: excess connections are
+    # closed a loop turn after they are accepted, so up to two batches sit above the cap. (Below
+    # aiohttp's 128, sequential connects stall for a SYN retry every backlog-odd connections.)
+    backlog: int = 128
 
 
 LIMITS: web.AppKey[ServerLimits] = web.AppKey("hotloop_limits", ServerLimits)
@@ -82,28 +86,31 @@ async def start_site(runner: web.AppRunner, host: str, port: int) -> int:
     server = runner.server
     assert server is not None, "runner.setup() first"
     limits = runner.app[LIMITS]
-    ConnectionGuard(server, effective_max_connections(limits.max_connections), limits.header_timeout_s)
+    cap = effective_max_connections(limits.max_connections, limits.backlog)
+    ConnectionGuard(server, cap, limits.header_timeout_s)
     _quiet_accept_errors()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, backlog=limits.backlog)
     await site.start()
-    return int(runner.addresses[-1][1])
+    bound = int(runner.addresses[-1][1])
+    log.debug("listening", port=bound, max_connections=cap, max_body_bytes=limits.max_body_bytes)
+    return bound
 
 
-def effective_max_connections(wanted: int) -> int:
-    """``wanted``, but below the descriptor limit (raised to the hard limit first)."""
+def effective_max_connections(wanted: int, backlog: int) -> int:
+    """``wanted``, but low enough that connections never exhaust the descriptor limit (raised to
+    the hard limit first): room is kept for other files and for two accept batches in flight."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
-    return max(8, min(wanted, soft - FD_RESERVE))
+    return max(8, min(wanted, soft - FD_RESERVE - 2 * backlog))
 
 
 @dataclass
 class _Conn:
     transport: asyncio.Transport
-    opened: float
     active: int = 0
     requests: int = 0
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
@@ -131,14 +138,17 @@ class ConnectionGuard:
     def _connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
         self._made(handler, transport)
         loop = asyncio.get_running_loop()
-        conn = _Conn(transport, time.monotonic())
+        conn = _Conn(transport)
         conn.timer = loop.call_later(self.header_timeout_s, self._head_timeout, handler)
         self.conns[handler] = conn
         if len(self.conns) > self.max_connections:
-            idle = [h for h, c in self.conns.items() if c.active == 0 and h is not handler]
-            victim = min(idle, key=lambda h: self.conns[h].opened) if idle else handler
+            # Dicts keep insertion order: the first idle entry is the oldest idle connection.
+            victim = next((h for h, c in self.conns.items() if c.active == 0 and h is not handler), handler)
+            gone = self.conns.pop(victim)  # now, not at connection_lost: the close lands a turn later
+            if gone.timer is not None:
+                gone.timer.cancel()
             self.evicted += 1
-            self.conns[victim].transport.abort()
+            gone.transport.abort()
 
     def _connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
         conn = self.conns.pop(handler, None)
