@@ -29,15 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tinker
 
 from engine.api import run
-from engine.control import DeploymentManager, TrainerJobManager
+from engine.backends.fireworks import DeploymentManager, TrainerJobManager
+from engine.backends.tinker import TrainingSession
 from engine.journal import read_journal
 from engine.lifecycle import LifecycleEvent, State
 from engine.lifecycle.context import Connection
+from engine.local.models import load_tokenizer
 from engine.log import configure
 from engine.recipes import rl
 from engine.recipes.tasks import load_task
 from engine.sampling import AdaptiveConcurrencyController, DeploymentSampler
-from engine.training import TrainingSession
 from engine.weights import WeightSyncer
 
 PROMPTS, GROUP, MAX_TOKENS, LR = 2, 4, 4, 1e-3
@@ -95,7 +96,9 @@ async def plain_round(conn: Connection, steps: int, model: str) -> float:
         await dmgr.resolve_account_id()
         endpoint = await tmgr.wait_for_ready("bench-trainer", poll_interval_s=0.25)
         await dmgr.wait_for_ready("bench-serving", poll_interval_s=0.25)
-        session = await TrainingSession.connect(endpoint.base_url, conn.api_key, model, 0)
+        session = await TrainingSession.connect(
+            endpoint.base_url, conn.api_key, model, 0, tokenizer_loader=load_tokenizer
+        )
         syncer = WeightSyncer(
             session, dmgr, "bench-serving", model, hotload_timeout_s=300, poll_interval_s=0.1
         )

@@ -6,7 +6,7 @@ existing job is reused (WAITING reconnects to it), ``create_or_get`` returns an 
 
 from __future__ import annotations
 
-from engine.control import DeploymentConfig, DeploymentManager, TrainerJobConfig, TrainerJobManager
+from engine.backends.fireworks import DeploymentConfig, DeploymentManager, TrainerJobConfig, TrainerJobManager
 from engine.lifecycle.context import RunContext
 from engine.lifecycle.table import State
 

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import asyncio
 
+from engine.backends.tinker import TrainingSession
 from engine.errors import FatalError
 from engine.lifecycle.context import RunContext
 from engine.lifecycle.schedule import Counters
 from engine.lifecycle.table import State
-from engine.sampling import AdaptiveConcurrencyController, DeploymentSampler, FixedConcurrencyController
-from engine.sampling import RetryPolicy as SamplingRetryPolicy
-from engine.training import TrainingSession
+from engine.local.models import load_tokenizer
+from engine.sampling import (
+    AdaptiveConcurrencyController,
+    DeploymentSampler,
+    FixedConcurrencyController,
+    SamplingRetryPolicy,
+)
 from engine.weights import WeightSyncer
 from states._util import first_error
 
@@ -42,11 +47,15 @@ async def run(ctx: RunContext) -> State:
 
     if resume.state_path:
         ctx.session = await TrainingSession.from_state(
-            ctx.endpoint.base_url, conn.api_key, resume.state_path, with_optimizer=True
+            ctx.endpoint.base_url,
+            conn.api_key,
+            resume.state_path,
+            with_optimizer=True,
+            tokenizer_loader=load_tokenizer,
         )
     else:
         ctx.session = await TrainingSession.connect(
-            ctx.endpoint.base_url, conn.api_key, cfg.model, cfg.lora_rank
+            ctx.endpoint.base_url, conn.api_key, cfg.model, cfg.lora_rank, tokenizer_loader=load_tokenizer
         )
     ctx.beat("training session connected")
     info = await ctx.session.trainer_info()

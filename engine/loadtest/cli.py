@@ -155,7 +155,15 @@ def build_target(args: argparse.Namespace, environ: dict[str, str]) -> Any:
         ignore_eos=args.ignore_eos,
         request_timeout_s=args.request_timeout,
         secret=secret,
+        accumulator=_accumulator(),
     )
+
+
+def _accumulator() -> Any:
+    # The embedded deployment and Fireworks send token ids and timings in Fireworks' fields.
+    from engine.backends.fireworks.dialect import FireworksAccumulator
+
+    return FireworksAccumulator
 
 
 def run_info(args: argparse.Namespace, target: Any | None, mode: str) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -40,40 +39,15 @@ import torch
 import zstandard
 from safetensors.torch import load_file, save_file
 
+from engine.weights.names import SnapshotError, check_name, contained
+
 FORMAT = "hotloop-snapshot/1"
 MANIFEST = "manifest.json"
 BASE_FILE = "weights.safetensors"
 DELTA_FILE = "delta.zst"
 SnapshotKind = Literal["base", "delta"]
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-class SnapshotError(ValueError):
-    """A snapshot that is missing, malformed, corrupt, or does not fit its parent."""
-
-
-def check_name(name: str) -> str:
-    """Snapshot identities become directory names: letters, digits, '.', '_' and '-' only."""
-    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
-        raise SnapshotError(
-            f"invalid snapshot name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
-
-
-def contained(root: Path, *parts: str) -> Path:
-    """``root/parts...``, refused if any component below ``root`` is a symlink (or ``..``): a
-    writer of the bucket must not make a reader open, hash or load a file outside it."""
-    path = Path(root).joinpath(*parts)
-    real_root = Path(root).resolve()
-    if any(
-        p in ("", ".", "..") or "/" in p or "\0" in p for p in parts
-    ) or path.resolve() != real_root.joinpath(*parts):
-        raise SnapshotError(f"{'/'.join(parts)!r} leaves {root} (symlinks and '..' are not followed)")
-    return path
 
 
 @dataclass(frozen=True)

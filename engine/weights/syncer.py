@@ -19,14 +19,14 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from engine.control.clock import SYSTEM_CLOCK, Clock
+from engine.clock import SYSTEM_CLOCK, Clock
 from engine.errors import ConfigError, FatalError, HotloopError, StuckError
 from engine.log import get_logger
 from engine.weights import chain
 from engine.weights.chain import CheckpointType
 
 if TYPE_CHECKING:
-    from engine.training.session import SamplerSnapshot
+    from engine.backends.tinker.session import SamplerSnapshot
 
 _log = get_logger("engine.weights.syncer")
 

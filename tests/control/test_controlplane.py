@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from engine.control import (
+from engine.backends.fireworks import (
     AuthenticationError,
     ControlPlaneError,
     DeploymentConfig,

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from engine.control import DeploymentConfig, DeploymentManager, TrainerJobConfig, TrainerJobManager
+from engine.backends.fireworks import DeploymentConfig, DeploymentManager, TrainerJobConfig, TrainerJobManager
 from engine.local.stack import EmbeddedStack
 from engine.log import get_logger
 

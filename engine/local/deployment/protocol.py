@@ -23,7 +23,7 @@ from engine.local.deployment.state import SeqSpec
 from engine.local.deployment.token_selection import SamplingParams
 from engine.local.inputs import BadInput, parse_json_object
 from engine.log import clip
-from engine.weights.snapshot import SnapshotError, check_name
+from engine.weights.names import SnapshotError, check_name
 
 MAX_N = 64
 MAX_TOP_LOGPROBS = 20

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.local.trainer.config import NotFound, TrainerBadRequest
-from engine.weights.snapshot import SnapshotError, check_name, contained
+from engine.weights.names import SnapshotError, check_name, contained
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._\-]{0,200}$")
 PathKind = Literal["weights", "sampler_weights"]

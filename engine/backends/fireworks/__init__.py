@@ -3,16 +3,15 @@
 The same code drives Fireworks and hotloop's embedded control plane (``hotloop up``).
 """
 
-from engine.control.clock import Clock, SystemClock
-from engine.control.config import (
+from engine.backends.fireworks.config import (
     CreatedTrainerJob,
     DeploymentConfig,
     DeploymentInfo,
     TrainerEndpoint,
     TrainerJobConfig,
 )
-from engine.control.deployment import DeploymentManager
-from engine.control.errors import (
+from engine.backends.fireworks.deployments import DeploymentManager
+from engine.backends.fireworks.errors import (
     AuthenticationError,
     ConflictError,
     ControlPlaneError,
@@ -22,9 +21,10 @@ from engine.control.errors import (
     RetriesExhaustedError,
     TrainerJobFailedError,
 )
-from engine.control.phases import HotloadProgress, evaluate_hotload_status
-from engine.control.rest import RetryPolicy
-from engine.control.trainer import TrainerJobManager
+from engine.backends.fireworks.jobs import TrainerJobManager
+from engine.backends.fireworks.phases import HotloadProgress, evaluate_hotload_status
+from engine.backends.fireworks.rest import RestRetryPolicy
+from engine.clock import Clock, SystemClock
 
 __all__ = [
     "AuthenticationError",
@@ -39,8 +39,8 @@ __all__ = [
     "HotloadError",
     "HotloadProgress",
     "NotFoundError",
+    "RestRetryPolicy",
     "RetriesExhaustedError",
-    "RetryPolicy",
     "SystemClock",
     "TrainerEndpoint",
     "TrainerJobConfig",

@@ -14,39 +14,28 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
 import tinker
 from tinker import types
 
+from engine.backends.base import CheckpointType, SamplerSnapshot
+from engine.backends.tinker.edge import await_future, map_error, save_weights_for_sampler_ext
 from engine.errors import ConfigError, FatalError, RetryableError
 from engine.log import get_logger
-from engine.training._sdk import await_future, map_error, save_weights_for_sampler_ext
-from engine.weights.snapshot import SnapshotError, check_name
+from engine.weights.names import SnapshotError, check_name
 
 T = TypeVar("T")
-CheckpointType = Literal["base", "delta"]
 CustomLossFn = Any  # (data: list[Datum], logprobs: list[torch.Tensor]) -> (loss, metrics)
+TokenizerLoader = Callable[[str], Any]
+"""base model name -> tokenizer; raises when it does not know the name."""
 
-_log = get_logger("engine.training")
+_log = get_logger("engine.backends.tinker")
 DEFAULT_CONNECT_TIMEOUT_S = 300.0
 DEFAULT_OP_TIMEOUT_S = 900.0
-
-
-@dataclass(frozen=True)
-class SamplerSnapshot:
-    """A sampler snapshot the trainer wrote; ``snapshot_name`` is the identity a deployment loads."""
-
-    path: str
-    snapshot_name: str
-    checkpoint_type: CheckpointType
-    size_bytes: int | None = None
-    parent_snapshot_identity: str | None = None
-    encode_seconds: float | None = None
 
 
 def tinker_credentials(api_key: str) -> tuple[str, dict[str, str]]:
@@ -104,6 +93,7 @@ class TrainingSession:
         self._tokenizer_error = tokenizer_error
         self.op_timeout_s = op_timeout_s
         self._closed = False
+        self._http: aiohttp.ClientSession | None = None
         self._log = _log.bind(model_id=client.model_id, session_tag=session_tag)
 
     # ---- construction -------------------------------------------------------------------------
@@ -119,6 +109,7 @@ class TrainingSession:
         session_tag: str | None = None,
         timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         op_timeout_s: float = DEFAULT_OP_TIMEOUT_S,
+        tokenizer_loader: TokenizerLoader | None = None,
     ) -> TrainingSession:
         """Create a model on the trainer (``lora_rank`` 0 = full-parameter) and connect to it.
 
@@ -137,9 +128,20 @@ class TrainingSession:
             return service.create_lora_training_client(base_model, rank=lora_rank)
 
         client = await _create(service, _submit, timeout_s, f"connect to trainer {base_url}")
-        return await cls._finish(
-            service, client, base_url, api_key, tag, op_timeout_s, timeout_s, base_model, lora_rank
+        session = await cls._finish(
+            service,
+            client,
+            base_url,
+            api_key,
+            tag,
+            op_timeout_s,
+            timeout_s,
+            tokenizer_loader,
+            base_model,
+            lora_rank,
         )
+        session.resumed_steps = 0  # a new model has taken no optimizer step
+        return session
 
     @classmethod
     async def from_state(
@@ -152,10 +154,14 @@ class TrainingSession:
         session_tag: str | None = None,
         timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         op_timeout_s: float = DEFAULT_OP_TIMEOUT_S,
+        tokenizer_loader: TokenizerLoader | None = None,
+        optimizer_steps: int | None = None,
     ) -> TrainingSession:
         """A new model on the trainer loaded from a ``save_state`` path (``tinker://.../weights/x``).
 
-        With the optimizer, ``policy_version`` continues from the trainer's optimizer step count.
+        With the optimizer, ``optimizer_steps`` continues from the trainer's count: read once from the
+        trainer's hotloop extension, else taken from ``optimizer_steps`` (what the caller's journal
+        committed for that state).
         """
         if not state_path.startswith("tinker://"):
             raise ConfigError(f"state_path: must be a tinker:// path from save_state, got {state_path!r}")
@@ -168,14 +174,17 @@ class TrainingSession:
             return service.create_training_client_from_state(state_path)
 
         client = await _create(service, _submit, timeout_s, f"load state {state_path}")
-        session = await cls._finish(service, client, base_url, api_key, tag, op_timeout_s, timeout_s)
+        session = await cls._finish(
+            service, client, base_url, api_key, tag, op_timeout_s, timeout_s, tokenizer_loader
+        )
         if with_optimizer:
             try:
                 info = await session.trainer_info(timeout_s=min(timeout_s, 60.0))
             except BaseException:
                 await session.close()  # the caller never gets the session: stop its heartbeat here
                 raise
-            session.resumed_steps = int(info.get("optimizer_steps") or 0) if info else 0
+            reported = info.get("optimizer_steps") if info else None
+            session.resumed_steps = int(reported) if reported is not None else int(optimizer_steps or 0)
         return session
 
     @classmethod
@@ -188,6 +197,7 @@ class TrainingSession:
         tag: str,
         op_timeout_s: float,
         timeout_s: float,
+        tokenizer_loader: TokenizerLoader | None,
         base_model: str | None = None,
         lora_rank: int | None = None,
     ) -> TrainingSession:
@@ -197,7 +207,9 @@ class TrainingSession:
         if lora_rank is None:
             lora_rank = int(info.lora_rank or 0) if info.is_lora is not False else 0
         try:
-            tokenizer, error = await asyncio.wait_for(asyncio.to_thread(_load_tokenizer, client), timeout_s)
+            tokenizer, error = await asyncio.wait_for(
+                asyncio.to_thread(_load_tokenizer, client, tokenizer_loader), timeout_s
+            )
         except TimeoutError:
             tokenizer, error = None, f"loading the tokenizer took over {timeout_s:g}s"
         session = cls(
@@ -223,9 +235,15 @@ class TrainingSession:
         return str(self._client.model_id)
 
     @property
-    def policy_version(self) -> int:
-        """Optimizer steps applied through this session plus the steps of the state it resumed."""
+    def optimizer_steps(self) -> int:
+        """The trainer's optimizer step count: the restored state's, then each ``optim_step``'s report
+        (``optimizer_step:max``, hotloop's trainer), else one more per completed ``optim_step``."""
         return self.resumed_steps + self._local_steps
+
+    @property
+    def policy_version(self) -> int:
+        """The policy this session trains now: its optimizer step count (``optimizer_steps``)."""
+        return self.optimizer_steps
 
     @property
     def tokenizer(self) -> Any:
@@ -274,7 +292,11 @@ class TrainingSession:
 
         async def _wait() -> types.OptimStepResponse:
             result = await await_future(fut, self.op_timeout_s, "optim_step")
-            self._local_steps += 1
+            reported = (result.metrics or {}).get("optimizer_step:max")
+            if reported is not None:
+                self._local_steps = int(reported) - self.resumed_steps
+            else:
+                self._local_steps += 1
             return result
 
         return _wait()
@@ -329,11 +351,12 @@ class TrainingSession:
         """``GET /api/v1/hotloop/models/{model_id}`` (None when the trainer has no such endpoint)."""
         tinker_key, headers = tinker_credentials(self._api_key)
         url = f"{self.base_url}/api/v1/hotloop/models/{quote(self.model_id, safe='')}"
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()  # one per session, born on the caller's loop
         try:
             async with (
                 asyncio.timeout(timeout_s),
-                aiohttp.ClientSession() as http,
-                http.get(url, headers={"X-API-Key": tinker_key, **headers}) as resp,
+                self._http.get(url, headers={"X-API-Key": tinker_key, **headers}) as resp,
             ):
                 if resp.status == 404:
                     return None
@@ -351,6 +374,8 @@ class TrainingSession:
         if self._closed:
             return
         self._closed = True
+        if self._http is not None and not self._http.closed:
+            await self._http.close()
         try:
             await await_future(self._service.close("success"), timeout_s, "close session")
         except Exception as exc:  # closing is best effort: the trainer also expires idle sessions
@@ -384,15 +409,16 @@ async def _create(service: tinker.ServiceClient, submit: Any, timeout_s: float, 
         raise
 
 
-def _load_tokenizer(client: tinker.TrainingClient) -> tuple[Any, str | None]:
-    """The embedded model's tokenizer when the base model is one, else tinker's (HF) lookup."""
+def _load_tokenizer(client: tinker.TrainingClient, loader: TokenizerLoader | None) -> tuple[Any, str | None]:
+    """The caller's tokenizer for the base model (an embedded model's, say), else tinker's (HF) lookup."""
     name = client.get_info().model_data.model_name or ""
-    try:
-        from engine.local.models import load_tokenizer
-
-        return load_tokenizer(name), None
-    except Exception as local_exc:
+    first_error = ""
+    if loader is not None:
         try:
-            return client.get_tokenizer(), None
+            return loader(name), None
         except Exception as exc:
-            return None, f"{local_exc}; {exc}"
+            first_error = f"{exc}; "
+    try:
+        return client.get_tokenizer(), None
+    except Exception as exc:
+        return None, f"{first_error}{exc}"

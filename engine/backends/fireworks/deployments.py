@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from engine.control.clock import Clock
-from engine.control.config import DeploymentConfig, DeploymentInfo
-from engine.control.errors import ControlPlaneError, DeploymentFailedError, HotloadError
-from engine.control.phases import DEPLOYMENT_BAD, evaluate_hotload_status
-from engine.control.rest import RestClient, RetryPolicy
+from engine.backends.fireworks.config import DeploymentConfig, DeploymentInfo
+from engine.backends.fireworks.errors import ControlPlaneError, DeploymentFailedError, HotloadError
+from engine.backends.fireworks.phases import DEPLOYMENT_BAD, evaluate_hotload_status
+from engine.backends.fireworks.rest import RestClient, RestRetryPolicy
+from engine.clock import Clock
 from engine.errors import HotloopError, StuckError
 from engine.log import get_logger
 
@@ -34,7 +34,7 @@ class DeploymentManager(RestClient):
         hotload_api_url: str | None = None,
         additional_headers: Mapping[str, str] | None = None,
         clock: Clock | None = None,
-        retry_policy: RetryPolicy | None = None,
+        retry_policy: RestRetryPolicy | None = None,
         account_id: str | None = None,
     ) -> None:
         super().__init__(

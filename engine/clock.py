@@ -1,4 +1,4 @@
-"""The clock every wait in engine.control reads: injectable so wait logic is tested without real time."""
+"""The clock every wait reads (monotonic time and sleep), injectable so waits are tested without real time."""
 
 from __future__ import annotations
 

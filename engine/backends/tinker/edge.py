@@ -23,10 +23,9 @@ from tinker.lib.retryable_exception import RetryableException
 from tinker.types.shared.untyped_api_future import UntypedAPIFuture
 
 from engine.errors import FatalError, HotloopError, RetryableError, StuckError
+from engine.retry import is_transient
 
 T = TypeVar("T")
-
-_RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 
 def map_error(exc: BaseException, what: str) -> HotloopError:
@@ -38,7 +37,7 @@ def map_error(exc: BaseException, what: str) -> HotloopError:
     if isinstance(exc, tinker.APIStatusError):
         status = exc.status_code
         msg = f"{what}: HTTP {status}: {exc.message}"
-        if status in _RETRYABLE_STATUS or status >= 500:
+        if is_transient(status):
             return RetryableError(msg)
         return FatalError(msg)
     if isinstance(exc, tinker.APIConnectionError | RetryableException | ConnectionError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.control.errors import HotloadError
+from engine.backends.fireworks.errors import HotloadError
 
 JOB_STATE_PENDING = "JOB_STATE_PENDING"
 JOB_STATE_CREATING = "JOB_STATE_CREATING"

@@ -7,16 +7,21 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from engine.control.clock import Clock
-from engine.control.config import (
+from engine.backends.fireworks.config import (
     CreatedTrainerJob,
     TrainerEndpoint,
     TrainerJobConfig,
     new_trainer_job_id,
 )
-from engine.control.errors import ConflictError, ControlPlaneError, TrainerJobFailedError
-from engine.control.phases import JOB_STATE_RUNNING, RESUMABLE_STATES, job_phase, job_status_message
-from engine.control.rest import RestClient, RetryPolicy
+from engine.backends.fireworks.errors import ConflictError, ControlPlaneError, TrainerJobFailedError
+from engine.backends.fireworks.phases import (
+    JOB_STATE_RUNNING,
+    RESUMABLE_STATES,
+    job_phase,
+    job_status_message,
+)
+from engine.backends.fireworks.rest import RestClient, RestRetryPolicy
+from engine.clock import Clock
 from engine.errors import RetryableError, StuckError
 from engine.log import get_logger
 
@@ -40,7 +45,7 @@ class TrainerJobManager(RestClient):
         trainer_gateway_url: str | None = None,
         additional_headers: Mapping[str, str] | None = None,
         clock: Clock | None = None,
-        retry_policy: RetryPolicy | None = None,
+        retry_policy: RestRetryPolicy | None = None,
         account_id: str | None = None,
     ) -> None:
         super().__init__(

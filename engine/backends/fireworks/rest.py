@@ -17,24 +17,22 @@ from typing import Any
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from engine.control.clock import SYSTEM_CLOCK, Clock
-from engine.control.errors import (
+from engine.backends.fireworks.errors import (
     AuthenticationError,
     ControlPlaneError,
     NotFoundError,
     RetriesExhaustedError,
 )
+from engine.clock import SYSTEM_CLOCK, Clock
 from engine.errors import ConfigError, RetryableError
 from engine.log import get_logger
-from engine.retry import backoff_delay, parse_retry_after
+from engine.retry import backoff_delay, error_message, is_transient, parse_retry_after
 
-# 425 (too early) is transient like a 5xx here; the sampler keeps its own set, as it budgets 404/425 apart.
-RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 log = get_logger("control.rest")
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class RestRetryPolicy:
     """The control-plane client's retry budget: attempts, backoff and a total wall-clock budget."""
 
     max_attempts: int = 8
@@ -54,22 +52,6 @@ class RetryPolicy:
             retry_after_s=retry_after_s,
             max_retry_after_s=self.max_retry_after_s,
         )
-
-
-def server_message(body: Any, fallback: str) -> str:
-    """The human message inside a Fireworks/gRPC-gateway error body."""
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str) and err:
-            return err
-        for key in ("message", "detail", "statusMessage"):
-            if body.get(key):
-                return str(body[key])
-    if isinstance(body, str) and body.strip():
-        return body.strip()[:2000]
-    return fallback
 
 
 class _RetryableHTTP(RetryableError):
@@ -104,7 +86,7 @@ class RestClient:
         *,
         additional_headers: Mapping[str, str] | None = None,
         clock: Clock | None = None,
-        retry_policy: RetryPolicy | None = None,
+        retry_policy: RestRetryPolicy | None = None,
         account_id: str | None = None,
     ) -> None:
         if not api_key:
@@ -113,7 +95,7 @@ class RestClient:
         self.base_url = base_url.rstrip("/")
         self._extra_headers = dict(additional_headers or {})
         self.clock: Clock = clock or SYSTEM_CLOCK
-        self.retry_policy = retry_policy or RetryPolicy()
+        self.retry_policy = retry_policy or RestRetryPolicy()
         self._account_id = account_id
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
@@ -206,8 +188,8 @@ class RestClient:
         body = _decode(raw)
         if 200 <= status < 300 or (status == 404 and none_on_404):
             return HttpResult(status, body, resp_headers)
-        message = f"HTTP {status} from {method} {url}: {server_message(body, resp.reason or '')}"
-        if status in RETRYABLE_STATUSES:
+        message = f"HTTP {status} from {method} {url}: {error_message(body, resp.reason or '')}"
+        if is_transient(status):
             raise _RetryableHTTP(
                 message, status=status, retry_after_s=parse_retry_after(resp_headers.get("Retry-After"))
             )
@@ -284,7 +266,7 @@ class RestClient:
                     method, url, json=json_body, headers=self.headers(headers)
                 ) as resp:
                     raw = await resp.read()
-                    return resp.status, server_message(_decode(raw), resp.reason or "")[:300]
+                    return resp.status, error_message(_decode(raw), resp.reason or "")[:300]
         except TimeoutError:
             return None, f"timed out after {timeout_s:g}s"
         except aiohttp.ClientError as exc:
