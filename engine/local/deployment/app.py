@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from engine.local.deployment.batch_runner import BatchRunner
-from engine.local.deployment.fairness import CLIENT_HEADER
+from engine.local.deployment.edge import auth, client_of, edge, longest_token_chars, request_id_of
+from engine.local.deployment.edge import error as _error
 from engine.local.deployment.hotload import HotLoadBusyError, HotLoader
 from engine.local.deployment.metrics import DeploymentMetrics
 from engine.local.deployment.protocol import (
@@ -31,22 +31,11 @@ from engine.local.deployment.protocol import (
 from engine.local.deployment.responses import CompletionBuilder
 from engine.local.deployment.scheduler import Scheduler
 from engine.local.deployment.state import QueueFullError, RequestHandle, Update
-from engine.local.http_server import (
-    OFF_LOOP_BYTES,
-    ServerLimits,
-    check_head,
-    key_matches,
-    make_runner,
-    new_app,
-    read_body,
-    start_site,
-)
-from engine.local.inputs import BadInput
-from engine.log import get_logger, truncate
+from engine.local.http_server import OFF_LOOP_BYTES, ServerLimits, make_runner, new_app, read_body, start_site
+from engine.log import get_logger
 
 log = get_logger(__name__)
 STATE: web.AppKey[Deployment] = web.AppKey("deployment")
-OPEN_PATHS = ("/health", "/metrics")
 
 
 @dataclass(frozen=True)
@@ -135,72 +124,11 @@ class Deployment:
         )
 
 
-def longest_token_chars(tokenizer: Any) -> int:
-    """Characters of the longest vocabulary entry: a text longer than context x this cannot fit."""
-    vocab = tokenizer.get_vocab()
-    pieces = tokenizer.convert_tokens_to_string
-    return max(8, max((len(pieces([t])) for t in vocab), default=8))
-
-
-def _error(
-    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
-) -> web.Response:
-    kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
-    # Messages quote request values; a bounded body must not become an unbounded answer.
-    body = {"error": {"message": truncate(message, 2000), "type": kind, "param": param, "code": status}}
-    return web.json_response(body, status=status, headers=headers)
-
-
-@web.middleware
-async def _edge(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Header bytes and bodies (size, encoding, arrival time) refused with a 4xx naming the field."""
-    try:
-        check_head(request)
-        result: web.StreamResponse = await handler(request)
-    except BadInput as exc:
-        request.app[STATE].metrics.rejected.labels(str(exc.status)).inc()
-        return _error(exc.status, str(exc), exc.field)
-    return result
-
-
-@web.middleware
-async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
-    key = request.app[STATE].config.api_key
-    if key and request.path not in OPEN_PATHS and not key_matches(_presented_key(request), key):
-        return _error(401, "missing or wrong API key (Authorization: Bearer ... or X-Api-Key)")
-    result: web.StreamResponse = await handler(request)
-    return result
-
-
-def _presented_key(request: web.Request) -> str:
-    bearer = request.headers.get("Authorization", "")
-    return bearer[7:] if bearer.lower().startswith("bearer ") else request.headers.get("X-Api-Key", "")
-
-
-def _client(request: web.Request, dep: Deployment) -> str:
-    """Whose share of the waiting queue a request uses (``fairness``): the caller's connection, as
-    the gateway reports it (trusted only with the key) or as this server sees it."""
-    forwarded = request.headers.get(CLIENT_HEADER)
-    if forwarded and dep.config.api_key:  # the auth middleware has checked the key already
-        return "gw:" + forwarded[:200]
-    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "unknown"
-
-
-def _request_id(request: web.Request) -> str:
-    given = request.headers.get("x-request-id")
-    if given is None or given == "":
-        return f"cmpl-{uuid.uuid4().hex}"
-    if len(given) > 200 or not (given.isascii() and given.isprintable()):
-        raise BadInput(400, "header x-request-id", "must be at most 200 printable ASCII characters")
-    return given
-
-
 async def completions(request: web.Request) -> web.StreamResponse:
     dep = request.app[STATE]
     assert dep.scheduler is not None and dep.hotloader is not None
     scheduler = dep.scheduler
-    request_id = _request_id(request)
+    request_id = request_id_of(request)
     raw = await read_body(request)
     try:
         # Small bodies with a token-id prompt validate on the loop; text (tokenizing) or large ones
@@ -217,7 +145,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
         dep.metrics.rejected.labels("425").inc()
         return _error(425, "a hot-load is in progress; retry shortly", headers={"Retry-After": "1"})
     builder = CompletionBuilder(plan, dep.tokenizer, request_id, plan.model)
-    handle = RequestHandle(len(plan.specs), client=_client(request, dep))
+    handle = RequestHandle(
+        len(plan.specs), client=client_of(request, trust_forwarded=bool(dep.config.api_key))
+    )
     try:
         scheduler.submit(handle, plan.specs)
     except QueueFullError as exc:
@@ -369,8 +299,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_app(config: DeploymentServerSettings) -> web.Application:
-    app = new_app(ServerLimits(max_body_bytes=config.max_body_bytes), middlewares=[_edge, _auth])
     dep = Deployment(config)
+    middlewares = [edge(lambda status: dep.metrics.rejected.labels(str(status)).inc()), auth(config.api_key)]
+    app = new_app(ServerLimits(max_body_bytes=config.max_body_bytes), middlewares=middlewares)
     app[STATE] = dep
 
     async def on_startup(_: web.Application) -> None:
