@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
     from engine.sampling.controllers import ConcurrencyController
@@ -60,9 +60,9 @@ class DeploymentSpec:
 
 
 @dataclass(frozen=True)
-class TrainerRef:
-    """A provisioned trainer. ``kind`` names the adapter; ``attrs`` holds the adapter's own facts
-    (e.g. the job name, the local bucket of an embedded trainer) as strings."""
+class ResourceRef:
+    """A provisioned resource. ``kind`` names the adapter; ``attrs`` holds the adapter's own facts
+    (e.g. a job name, the local bucket of an embedded trainer, an endpoint) as strings."""
 
     kind: str
     resource_id: str
@@ -72,22 +72,18 @@ class TrainerRef:
         return {"kind": self.kind, "resource_id": self.resource_id, "attrs": dict(self.attrs)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> TrainerRef:
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
         return cls(str(data["kind"]), str(data["resource_id"]), {k: str(v) for k, v in data["attrs"].items()})
 
 
 @dataclass(frozen=True)
-class DeploymentRef:
-    kind: str
-    resource_id: str
-    attrs: Mapping[str, str] = field(default_factory=dict)
+class TrainerRef(ResourceRef):
+    """A provisioned trainer."""
 
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "resource_id": self.resource_id, "attrs": dict(self.attrs)}
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> DeploymentRef:
-        return cls(str(data["kind"]), str(data["resource_id"]), {k: str(v) for k, v in data["attrs"].items()})
+@dataclass(frozen=True)
+class DeploymentRef(ResourceRef):
+    """A provisioned deployment."""
 
 
 # ---- snapshots between trainer and deployment ----------------------------------------------------
@@ -143,7 +139,7 @@ class TrainerSession(Protocol):
     def optimizer_steps(self) -> int: ...
 
     def forward_backward(
-        self, data: Sequence[Any], loss_fn: str, loss_fn_config: Mapping[str, float | str] | None = None
+        self, data: Sequence[Any], loss_fn: Any, loss_fn_config: Mapping[str, float | str] | None = None
     ) -> Coroutine[Any, Any, Any]: ...
 
     def forward_backward_custom(self, data: Sequence[Any], fn: Any) -> Coroutine[Any, Any, Any]: ...

@@ -38,9 +38,7 @@ class CompletionDialect(Protocol):
     def accumulator(self) -> CompletionAccumulator: ...
 
 
-def base_payload(
-    model: str, prompt: Sequence[int], *, max_tokens: int, temperature: float
-) -> dict[str, Any]:
+def base_payload(model: str, prompt: Sequence[int], *, max_tokens: int, temperature: float) -> dict[str, Any]:
     """The fields every OpenAI-style completions server shares."""
     return {
         "model": model,

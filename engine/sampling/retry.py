@@ -25,7 +25,6 @@ from engine.sampling.errors import AttemptError
 T = TypeVar("T")
 
 
-
 @dataclass(frozen=True, slots=True)
 class SamplingRetryPolicy:
     """The sampler's retry budget per logical request (the control-plane client has its own)."""

@@ -101,7 +101,7 @@ class CompletionAccumulator:
     ``raw_chunks`` (token ids per chunk), ``prompt_token_ids``, ``perf_metrics`` (keys as in
     engine.sampling.metrics, e.g. ``prefill-queue-duration`` in seconds) and ``snapshot_identity`` are
     what those hooks fill in.
-"""
+    """
 
     text_parts: list[str] = field(default_factory=list)
     entries: list[dict[str, Any]] = field(default_factory=list)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.lifecycle.context import Connection
+from engine.run.planes import ControlPlaneConnection
 
 
 def tiny_config(run_dir: Path, run_id: str, **overrides: Any) -> dict[str, Any]:
@@ -27,8 +27,8 @@ def tiny_config(run_dir: Path, run_id: str, **overrides: Any) -> dict[str, Any]:
     return cfg
 
 
-def connection(stack: Any) -> Connection:
-    return Connection(base_url=stack.base_url, api_key=stack.api_key, account_id=stack.account_id)
+def connection(stack: Any) -> ControlPlaneConnection:
+    return ControlPlaneConnection(base_url=stack.base_url, api_key=stack.api_key, account_id=stack.account_id)
 
 
 def remote(stack: Any) -> dict[str, Any]:

@@ -2,8 +2,12 @@
 
 ``run`` is one await inside any event loop; ``start`` returns a ``RunHandle`` for programs that
 want to watch (``async for event in handle.events()``) or stop (``handle.cancel()``) a run while
-it goes. A run directory that holds an unfinished run is resumed (see engine.lifecycle.replay for
-the commit protocol); a finished one returns its summary without doing anything.
+it goes. A run directory that holds an unfinished run is resumed (see engine.run.replay for the
+commit protocol); a finished one returns its summary without doing anything.
+
+The orchestration, in order: pick and pin the run directory, replay its journal, load the task (off
+the loop), open the two backends (engine.run.planes), then hand the states to the lifecycle Runner,
+which asks the Schedule for every transition. Derived files follow each committed exit.
 
 Cancellation stops cleanly: the current state's in-flight requests are cancelled, the journal
 records where the run was cancelled, clients are closed, and the trainer job and deployment are
@@ -21,17 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.backends.base import Planes
 from engine.config import RunConfig, dump_config, validate_config
 from engine.errors import ConfigError
 from engine.journal import Journal
-from engine.lifecycle.context import Connection, RunContext
 from engine.lifecycle.events import EventBus, LifecycleEvent
-from engine.lifecycle.rundir import METRICS, RunDir, default_run_dir
-from engine.lifecycle.runner import FaultPlan, Runner, StateLimits
+from engine.lifecycle.runner import Fact, FaultPlan, Runner, StateLimits
 from engine.lifecycle.schedule import Schedule
 from engine.lifecycle.table import INITIAL, State
 from engine.log import get_logger
 from engine.recipes.tasks import eval_set_json, load_task
+from engine.run.context import RunContext
+from engine.run.offload import UserCode
+from engine.run.planes import ControlPlaneConnection, open_planes
+from engine.run.records import LEDGER_KINDS, EvalCommitted, StepCommitted
+from engine.run.rundir import LEDGER, METRICS, RunDir, default_run_dir
 
 log = get_logger("engine.run")
 
@@ -107,8 +115,8 @@ def _limits(config: RunConfig) -> tuple[StateLimits, dict[State, StateLimits]]:
 
 def summarize(rd: RunDir, status: str, started: float, generation: int, **kw: Any) -> RunSummary:
     rows = rd.read_rows(METRICS)
-    evals = [r["score"] for r in rows if r.get("kind") == "eval"]
-    steps = max((int(r["step"]) for r in rows if r.get("kind") == "step"), default=0)
+    evals = [r["score"] for r in rows if r.get("kind") == EvalCommitted.kind]
+    steps = max((int(r["step"]) for r in rows if r.get("kind") == StepCommitted.kind), default=0)
     return RunSummary(
         run_dir=str(rd.path),
         run_id=kw.pop("run_id", ""),
@@ -122,29 +130,12 @@ def summarize(rd: RunDir, status: str, started: float, generation: int, **kw: An
     )
 
 
-async def _connect(config: RunConfig, rd: RunDir, stack: contextlib.AsyncExitStack) -> Connection:
-    backend = config.backend
-    if backend.kind == "remote":
-        assert backend.base_url is not None
-        return Connection(
-            base_url=backend.base_url,
-            api_key=backend.api_key(),
-            account_id=backend.account_id,
-            inference_url=backend.inference_url,
-            hotload_api_url=backend.hotload_api_url,
-            trainer_gateway_url=backend.trainer_gateway_url,
-        )
-    from engine.local.stack import EmbeddedStack
-
-    embedded = await stack.enter_async_context(EmbeddedStack(rd.path / "stack"))
-    return Connection(base_url=embedded.base_url, api_key=embedded.api_key, account_id=embedded.account_id)
-
-
 async def _execute(
     given: RunConfig | None,
     run_dir: str | os.PathLike[str] | None,
     bus: EventBus,
-    connection: Connection | None,
+    connection: ControlPlaneConnection | None,
+    planes: Planes | None,
 ) -> RunSummary:
     started = time.monotonic()
     config, rd = await asyncio.to_thread(_prepare_dir, given, run_dir)
@@ -160,24 +151,7 @@ async def _execute(
     await asyncio.to_thread(rd.store_eval_prompts, eval_rows, eval_sha)
     await asyncio.to_thread(rd.rebuild_derived, resume)
     journal = await asyncio.to_thread(Journal, rd.journal_path)  # may fsync: off the loop
-    ctx = RunContext(
-        config=config,
-        run_dir=rd,
-        run_id=run_id,
-        schedule=Schedule(
-            max_steps=config.max_steps,
-            sync_every=config.intervals.sync_every,
-            eval_every=config.intervals.eval_every,
-            checkpoint_every=config.intervals.checkpoint_every,
-            needs_rollouts=config.recipe == "rl",
-        ),
-        task=task,
-        resume=resume,
-        generation=generation,
-        eval_rows=eval_rows,
-        eval_sha256=eval_sha,
-    )
-    status, error = "failed", None
+    status, error, served = "failed", None, None
     try:
         async with contextlib.AsyncExitStack() as stack:
             await journal.append(
@@ -186,13 +160,29 @@ async def _execute(
             )  # fmt: skip
             if resume.started:
                 log.info("resuming run", run_dir=str(rd.path), step=resume.step, generation=generation)
-            ctx.connection = connection or await _connect(config, rd, stack)
+            user_code = UserCode(task, config.user_code.executor, config.user_code.workers)
+            stack.callback(user_code.close)
+            if planes is None:
+                planes = await open_planes(config, rd.path, stack, connection)
+            ctx = RunContext(
+                config=config,
+                run_dir=rd,
+                run_id=run_id,
+                schedule=schedule_of(config),
+                task=task,
+                planes=planes,
+                user_code=user_code,
+                resume=resume,
+                generation=generation,
+                eval_rows=eval_rows,
+                eval_sha256=eval_sha,
+            )
 
-            async def after_exit(state: State, records: list[dict[str, Any]]) -> None:
-                rows = [r["row"] for r in records if r["kind"] in ("step", "eval")]
-                ledger = [r for r in records if r["kind"] in ("state", "snapshot", "sync")]
+            async def after_exit(state: State, facts: list[Fact]) -> None:
+                rows = [dict(f.row) for f in facts if isinstance(f, StepCommitted | EvalCommitted)]
+                ledger = [f.to_json() for f in facts if f.kind in LEDGER_KINDS]
                 await asyncio.to_thread(rd.append, METRICS, rows)
-                await asyncio.to_thread(rd.append, "checkpoints.jsonl", ledger)
+                await asyncio.to_thread(rd.append, LEDGER, ledger)
 
             default, limits = _limits(config)
             # The state modules import tinker and torch (seconds, the first time): not on the loop.
@@ -200,6 +190,7 @@ async def _execute(
             runner: Runner[RunContext] = Runner(
                 handlers,
                 journal,
+                decide=lambda state, c: c.schedule.after(state, c.counters),
                 events=bus,
                 limits=limits,
                 default_limits=default,
@@ -217,7 +208,11 @@ async def _execute(
                 error = str(exc)
                 raise
             finally:
+                served = ctx.served_identity
                 await asyncio.shield(ctx.aclose(delete_resources=not config.keep_resources))
+    except Exception as exc:
+        error = error or str(exc)
+        raise
     finally:
         await asyncio.to_thread(journal.close)
         # summarize reads the whole metrics.jsonl (one row per step): off the loop like the other I/O.
@@ -228,11 +223,22 @@ async def _execute(
             started,
             generation,
             run_id=run_id,
-            served_identity=ctx.served_identity,
+            served_identity=served,
             error=error,
         )
         await asyncio.to_thread(rd.write_summary, summary.as_dict())
     return summary
+
+
+def schedule_of(config: RunConfig) -> Schedule:
+    """The run's Schedule, from its intervals and recipe."""
+    return Schedule(
+        max_steps=config.max_steps,
+        sync_every=config.intervals.sync_every,
+        eval_every=config.intervals.eval_every,
+        checkpoint_every=config.intervals.checkpoint_every,
+        needs_rollouts=config.recipe == "rl",
+    )
 
 
 def _handlers() -> dict[State, Any]:
@@ -266,14 +272,22 @@ def start(
     *,
     run_dir: str | os.PathLike[str] | None = None,
     on_event: Callable[[LifecycleEvent], None] | None = None,
-    connection: Connection | None = None,
+    connection: ControlPlaneConnection | None = None,
+    planes: Planes | None = None,
 ) -> RunHandle:
-    """Start a run (or resume the one in ``run_dir``) as a task on the running loop."""
+    """Start a run (or resume the one in ``run_dir``) as a task on the running loop.
+
+    The backends come from the config, unless the caller passes a ``connection`` to a control plane it
+    already runs, or its own ``planes`` (any objects satisfying engine.backends.base's Protocols; the
+    caller then owns and closes them).
+    """
     cfg = validate_config(config) if config is not None else None
     bus = EventBus()
     if on_event is not None:
         bus.add_callback(on_event)
-    task = asyncio.get_running_loop().create_task(_execute(cfg, run_dir, bus, connection), name="hotloop-run")
+    task = asyncio.get_running_loop().create_task(
+        _execute(cfg, run_dir, bus, connection, planes), name="hotloop-run"
+    )
     # The Runner publishes a terminal event only for failures inside a state; a run that ends before
     # or outside one (bad run dir, the embedded stack not starting) must still end subscriptions.
     task.add_done_callback(lambda _: bus.close())
@@ -285,10 +299,13 @@ async def run(
     *,
     run_dir: str | os.PathLike[str] | None = None,
     on_event: Callable[[LifecycleEvent], None] | None = None,
-    connection: Connection | None = None,
+    connection: ControlPlaneConnection | None = None,
+    planes: Planes | None = None,
 ) -> RunSummary:
     """Run an experiment to the end and return its summary (raises RunFailed if it fails)."""
-    return await start(config, run_dir=run_dir, on_event=on_event, connection=connection).wait()
+    return await start(
+        config, run_dir=run_dir, on_event=on_event, connection=connection, planes=planes
+    ).wait()
 
 
 async def resume(run_dir: str | os.PathLike[str], **kwargs: Any) -> RunSummary:

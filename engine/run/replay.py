@@ -28,6 +28,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.journal import Record
+from engine.run.records import (
+    EvalCommitted,
+    ResourcesAcquired,
+    RunFact,
+    SnapshotSaved,
+    StateSaved,
+    StepCommitted,
+    Synced,
+    fact_from_json,
+)
 
 
 @dataclass
@@ -36,7 +46,7 @@ class Replay:
     started: bool = False
     finished: bool = False
     last_error: str | None = None
-    resources: dict[str, Any] = field(default_factory=dict)
+    resources: ResourcesAcquired | None = None
     step: int = 0  # the step to resume at: the last committed full training state
     state_path: str | None = None  # its save_state path (None: step 0, the base model)
     optimizer_steps: int = 0
@@ -47,16 +57,13 @@ class Replay:
     ledger: list[dict[str, Any]] = field(default_factory=list)  # checkpoint ledger entries to keep
 
 
-def _fact_step(fact: dict[str, Any]) -> int:
-    row = fact.get("row")
-    if isinstance(row, dict):
-        return int(row.get("step", 0))
-    return int(fact.get("step", 0))
+def _fact_step(fact: RunFact) -> int:
+    return fact.step if not isinstance(fact, ResourcesAcquired) else 0
 
 
 def replay(records: list[Record]) -> Replay:
     out = Replay()
-    facts: list[dict[str, Any]] = []
+    facts: list[RunFact] = []
     for rec in records:
         event = rec.get("event")
         if event == "start":
@@ -66,32 +73,33 @@ def replay(records: list[Record]) -> Replay:
             resume_from = rec.get("resume_from")
             if resume_from is not None:
                 keep = int(resume_from)
-                facts = [f for f in facts if f["kind"] == "resources" or _fact_step(f) <= keep]
+                facts = [f for f in facts if isinstance(f, ResourcesAcquired) or _fact_step(f) <= keep]
         elif event == "done":
             out.finished = True
         elif event == "exit":
             if rec.get("next") == "failed":
                 out.last_error = str(rec.get("error"))
-            facts.extend(rec.get("records") or [])
-    states = [f for f in facts if f["kind"] == "state"]
+            facts.extend(fact_from_json(r) for r in rec.get("records") or [])
+    states = [f for f in facts if isinstance(f, StateSaved)]
     if states:
-        out.step = int(states[-1]["step"])
-        out.state_path = str(states[-1]["path"])
-        out.optimizer_steps = int(states[-1].get("optimizer_steps", out.step))
+        out.step, out.state_path, out.optimizer_steps = (
+            states[-1].step,
+            states[-1].path,
+            states[-1].optimizer_steps,
+        )
     s = out.step
     for f in facts:
-        kind = f["kind"]
-        if kind == "resources":
-            out.resources.update({k: v for k, v in f.items() if k != "kind"})
+        if isinstance(f, ResourcesAcquired):
+            out.resources = f
             continue
         if _fact_step(f) > s:
             continue  # committed by the dead process after its last full state: redone
-        if kind in ("step", "eval"):
-            out.rows.append(f["row"])
-            if kind == "eval":
-                out.evaluated_step = max(out.evaluated_step, int(f["row"]["step"]))
-        elif kind in ("state", "snapshot", "sync"):
-            out.ledger.append({k: v for k, v in f.items()})
-            if kind == "sync" and int(f["step"]) == s:
-                out.synced_identity, out.synced_known = f.get("identity"), True
+        if isinstance(f, StepCommitted | EvalCommitted):
+            out.rows.append(dict(f.row))
+            if isinstance(f, EvalCommitted):
+                out.evaluated_step = max(out.evaluated_step, f.step)
+        elif isinstance(f, StateSaved | SnapshotSaved | Synced):
+            out.ledger.append(f.to_json())
+            if isinstance(f, Synced) and f.step == s:
+                out.synced_identity, out.synced_known = f.identity, True
     return out

@@ -1,9 +1,12 @@
-"""``hotloop run [CONFIG.yaml]``: run an experiment; with no config, the bundled demo (RL on the
-``digits`` task with the ``small`` model) on an embedded stack the command starts and stops.
+"""The ``hotloop run`` and ``hotloop resume`` commands.
 
-Pointed (``--run-dir`` or the config's ``run_dir``) at a directory holding an unfinished run with
-the same config, it resumes that run. Shows live progress (state, step, reward, eval score,
-concurrency window, sync time), writes ``summary.json`` in the run directory and prints where it is.
+``hotloop run [CONFIG.yaml]`` runs an experiment; with no config, the bundled demo (RL on the
+``digits`` task with the ``small`` model) on an embedded stack the command starts and stops. Pointed
+(``--run-dir`` or the config's ``run_dir``) at a directory holding an unfinished run with the same
+config, it resumes that run. ``hotloop resume RUN_DIR`` continues an unfinished run with its stored
+config (see engine.run.replay for what is restored and why nothing is lost or repeated). Both show
+live progress (state, step, reward, eval score, concurrency window, sync time), write
+``summary.json`` in the run directory and print where it is.
 Exit status: 0 done, 1 failed, 2 bad config, 130 interrupted.
 """
 
@@ -11,11 +14,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+@dataclass(frozen=True)
+class Command:
+    configure: Callable[[argparse.ArgumentParser], None]
+    main: Callable[[argparse.Namespace], int]
+
+
+def configure_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML run config (default: the bundled demo)")
     parser.add_argument("--run-dir", type=Path, default=None, help="run directory (resumed if unfinished)")
     parser.add_argument("--max-steps", type=int, default=None, help="override max_steps")
@@ -23,54 +34,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="plain logs instead of the live display")
 
 
-class Progress:
-    """A rich live table fed by lifecycle events (the callback only updates numbers)."""
-
-    def __init__(self, run_dir: str | None) -> None:
-        from rich.console import Console
-        from rich.live import Live
-
-        self.values: dict[str, Any] = {"run dir": run_dir or "-", "state": "starting", "step": 0}
-        self.console = Console(stderr=True)
-        self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
-
-    def _table(self) -> Any:
-        from rich.table import Table
-
-        table = Table(title="hotloop run", show_header=False, min_width=60)
-        for key in ("run dir", "state", "step", "reward", "eval score", "window", "sync s", "train s"):
-            value = self.values.get(key)
-            table.add_row(
-                key, "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-            )
-        return table
-
-    def __call__(self, event: Any) -> None:
-        if event.kind == "enter":
-            self.values["state"] = event.state.name
-        elif event.kind in ("done", "failed", "cancelled"):
-            self.values["state"] = event.kind.upper() + (f": {event.error}" if event.error else "")
-        elif event.kind == "record":
-            rec = event.record
-            row = rec.get("row") or {}
-            if rec["kind"] == "step":
-                window = row.get("window")
-                self.values.update(step=row.get("step"), reward=row.get("reward_mean"))
-                self.values["window"] = None if window is None else int(window)
-                self.values["train s"] = row.get("train_s")
-            elif rec["kind"] == "eval":
-                self.values["eval score"] = row.get("score")
-            elif rec["kind"] == "sync":
-                self.values["sync s"] = rec.get("seconds")
-        self.live.update(self._table())
-
-
 async def execute(config: Any, run_dir: Path | None, progress: bool) -> int:
-    from engine.api import start
     from engine.errors import ConfigError, HotloopError
-    from engine.lifecycle.rundir import RunDir
+    from engine.run.display import LiveRunTable
+    from engine.run.orchestrator import start
+    from engine.run.rundir import RunDir
 
-    display = Progress(str(run_dir) if run_dir else None) if progress else None
+    display = LiveRunTable(str(run_dir) if run_dir else None) if progress else None
     try:
         handle = start(config, run_dir=run_dir, on_event=display)
     except ConfigError as exc:
@@ -104,7 +74,7 @@ async def execute(config: Any, run_dir: Path | None, progress: bool) -> int:
     return 0 if summary.status == "done" else 1
 
 
-def main(args: argparse.Namespace) -> int:
+def main_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from engine import log
@@ -122,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
         log.configure(args.log_format, "WARNING")  # the live display replaces routine logs
     run_dir = args.run_dir
     if run_dir is None and config.run_dir is None:
-        from engine.lifecycle.rundir import default_run_dir
+        from engine.run.rundir import default_run_dir
 
         run_dir = default_run_dir(config)
     if run_dir is not None:
@@ -131,3 +101,27 @@ def main(args: argparse.Namespace) -> int:
         return asyncio.run(execute(config, run_dir, progress))
     except KeyboardInterrupt:
         return 130
+
+
+def configure_resume(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, help="a run directory written by `hotloop run`")
+    parser.add_argument("--no-progress", action="store_true", help="plain logs instead of the live display")
+
+
+def main_resume(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from engine import log
+
+    progress = not args.no_progress
+    if progress and args.log_level is None:
+        log.configure(args.log_format, "WARNING")
+    print(f"run directory: {args.run_dir.resolve()}", flush=True)
+    try:
+        return asyncio.run(execute(None, args.run_dir, progress))
+    except KeyboardInterrupt:
+        return 130
+
+
+RUN = Command(configure_run, main_run)
+RESUME = Command(configure_resume, main_resume)

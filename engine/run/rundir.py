@@ -8,8 +8,8 @@
     summary.json         written when the run ends
     stack/               the embedded stack's state (embedded backend only)
 
-metrics.jsonl and checkpoints.jsonl are derived from the journal: appended after each committed
-state exit, and rewritten atomically from the replayed journal when a run resumes.
+metrics.jsonl and checkpoints.jsonl are derived from the journal: appended (not fsync'd) after each
+committed state exit, and rewritten atomically from the replayed journal when a run resumes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import yaml
 from engine.config import RunConfig, dump_config, validate_config
 from engine.errors import ConfigError
 from engine.journal import fsync_dir, read_journal
-from engine.lifecycle.replay import Replay, replay
+from engine.run.replay import Replay, replay
 
 CONFIG = "config.yaml"
 JOURNAL = "journal.jsonl"
@@ -85,13 +85,11 @@ class RunDir:
 
     def append(self, name: str, rows: list[dict[str, Any]]) -> None:
         """Append rows to a derived file (called after the journal committed them; blocking I/O,
-        so callers run it in a thread)."""
+        so callers run it in a thread). Not fsync'd: a resumed run rebuilds it from the journal."""
         if not rows:
             return
         with open(self.file(name), "ab") as fh:
             fh.write(b"".join(_line(r) for r in rows))
-            fh.flush()
-            os.fsync(fh.fileno())
 
     def store_eval_prompts(self, rows: list[dict[str, str]], sha256: str) -> None:
         """Write the eval prompt set once; a resumed run must find the very same bytes."""
