@@ -5,7 +5,9 @@ Every hotloop module logs through ``engine.log.get_logger``. Its events go to th
 hotloop sees them through its own logging configuration (handlers, levels, structlog's
 ``ProcessorFormatter``) and nothing global is touched at import: not structlog's configuration, not
 the root logger. Only ``configure`` -- called by the ``hotloop`` command, or by a host that wants
-hotloop's renderers -- attaches a handler, and only to the ``hotloop`` logger.
+hotloop's renderers -- attaches a handler, and only to the ``hotloop`` logger. A clipping
+processor after the redaction bounds every value, so a request's payload echoed into a field or an
+exception message cannot turn one log line into megabytes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import re
 import sys
 from collections.abc import MutableMapping
+from itertools import islice
 from typing import Any
 
 import structlog
@@ -28,6 +31,10 @@ _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._\-]+", re.IGNORECASE)
 _KEYISH = re.compile(r"\b(tml-|fw_|sk-|hl-)[A-Za-z0-9._\-]{6,}")
 REDACTED = "***"
 ROOT = "hotloop"
+# Longest string a log field keeps (tracebacks get more room); containers keep their first items.
+MAX_FIELD_CHARS = 1000
+MAX_EXCEPTION_CHARS = 8000
+MAX_ITEMS = 20
 
 
 def _redact_value(value: Any) -> Any:
@@ -52,6 +59,47 @@ def redact_secrets(
     return event_dict
 
 
+def truncate(text: str, limit: int = MAX_FIELD_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was dropped."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[{len(text) - limit} more chars]"
+
+
+def _clipped(value: Any, limit: int, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return truncate(value, limit)
+    if isinstance(value, bytes | bytearray):
+        return f"<{len(value)} bytes>"
+    if depth >= 4 and isinstance(value, dict | list | tuple | set | frozenset):
+        return f"<{type(value).__name__} of {len(value)}>"
+    if isinstance(value, dict):
+        out = {str(k)[:100]: _clipped(v, limit, depth + 1) for k, v in islice(value.items(), MAX_ITEMS)}
+        if len(value) > MAX_ITEMS:
+            out["..."] = f"{len(value) - MAX_ITEMS} more"
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        kept = [_clipped(v, limit, depth + 1) for v in islice(value, MAX_ITEMS)]
+        return [*kept, f"...{len(value) - MAX_ITEMS} more"] if len(value) > MAX_ITEMS else kept
+    return value
+
+
+def clip(value: Any, limit: int = 200) -> str:
+    """A bounded ``repr`` of a (possibly huge, user-supplied) value, for messages and log fields.
+    Only the first ``limit`` characters and ``MAX_ITEMS`` items are ever looked at."""
+    return truncate(repr(_clipped(value, limit)), limit + 40)
+
+
+def clip_values(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: bound every field (strings, containers, rendered tracebacks)."""
+    for key in list(event_dict):
+        limit = MAX_EXCEPTION_CHARS if key in ("exception", "event") else MAX_FIELD_CHARS
+        event_dict[key] = _clipped(event_dict[key], limit)
+    return event_dict
+
+
 # The chain every hotloop event passes before it becomes a stdlib LogRecord. Tracebacks are rendered
 # to text first, so the redaction covers exception messages too.
 _PROCESSORS: list[Any] = [
@@ -61,6 +109,7 @@ _PROCESSORS: list[Any] = [
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     structlog.processors.format_exc_info,
     redact_secrets,
+    clip_values,
     structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
 ]
 

@@ -7,6 +7,7 @@ validates names with this module alone; ``engine.weights.snapshot`` (which needs
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
@@ -23,3 +24,14 @@ def check_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def contained(root: Path, *parts: str) -> Path:
+    """``root/parts...``, refused if any component below ``root`` is a symlink (or ``..``): a
+    writer of the bucket must not make a reader open, hash or load a file outside it."""
+    path = Path(root).joinpath(*parts)
+    real_root = Path(root).resolve()
+    unsafe = any(p in ("", ".", "..") or "/" in p or "\0" in p for p in parts)
+    if unsafe or path.resolve() != real_root.joinpath(*parts):
+        raise SnapshotError(f"{'/'.join(parts)!r} leaves {root} (symlinks and '..' are not followed)")
+    return path

@@ -39,7 +39,7 @@ import torch
 import zstandard
 from safetensors.torch import load_file, save_file
 
-from engine.weights.names import SnapshotError, check_name
+from engine.weights.names import SnapshotError, check_name, contained
 
 FORMAT = "hotloop-snapshot/1"
 MANIFEST = "manifest.json"
@@ -262,7 +262,7 @@ def write_delta(
 
 
 def read_manifest(bucket: Path, identity: str) -> Manifest:
-    path = Path(bucket) / check_name(identity) / MANIFEST
+    path = contained(Path(bucket), check_name(identity), MANIFEST)
     if not path.exists():
         raise SnapshotError(f"snapshot {identity!r} not found in {bucket}")
     try:
@@ -278,8 +278,10 @@ def read_manifest(bucket: Path, identity: str) -> Manifest:
 
 
 def _verified_payload(bucket: Path, manifest: Manifest) -> Path:
-    payload = Path(bucket) / manifest.identity / manifest.payload
-    if not payload.exists():
+    if manifest.payload not in (BASE_FILE, DELTA_FILE):
+        raise SnapshotError(f"snapshot {manifest.identity!r}: unknown payload file {manifest.payload!r}")
+    payload = contained(Path(bucket), manifest.identity, manifest.payload)
+    if not payload.is_file():
         raise SnapshotError(f"snapshot {manifest.identity!r}: payload {manifest.payload} is missing")
     digest = _file_sha256(payload)
     if digest != manifest.payload_sha256:
@@ -295,9 +297,19 @@ def apply_delta(
 ) -> dict[str, torch.Tensor]:
     """The child weights: parent XOR delta, verified against the manifest's ``weights_sha256``."""
     payload = _verified_payload(bucket, manifest)
-    raw = np.frombuffer(zstandard.ZstdDecompressor().decompress(payload.read_bytes()), dtype=np.uint8)
     if _tensor_infos(parent_state) != manifest.tensors:
         raise SnapshotError(f"delta {manifest.identity!r} does not fit the parent's tensor layout")
+    # The parent's layout says how many bytes the delta holds (two planes per float tensor at most):
+    # decompress no further than that, whatever the frame header declares.
+    expected = sum(2 * t.numel() * t.element_size() for t in parent_state.values())
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(payload.read_bytes()) as reader:
+            data = reader.read(expected + 1)
+    except zstandard.ZstdError as exc:
+        raise SnapshotError(f"delta {manifest.identity!r}: payload does not decompress ({exc})") from exc
+    if len(data) > expected:
+        raise SnapshotError(f"delta {manifest.identity!r} decompresses past its tensors' size")
+    raw = np.frombuffer(data, dtype=np.uint8)
     if manifest.encoding not in ("xor", "sub-xor"):
         raise SnapshotError(f"delta {manifest.identity!r}: unknown encoding {manifest.encoding!r}")
     out: dict[str, torch.Tensor] = {}

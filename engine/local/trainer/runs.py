@@ -37,7 +37,11 @@ def _checkpoint(run_id: str, name: str, target: Any) -> dict[str, Any]:
 
 def list_checkpoints(svc: TrainerService, run_id: str) -> dict[str, Any]:
     root = checkpoints.state_path(svc.state_dir, run_id, "x").parent
-    found = sorted(p for p in root.glob("*") if (p / "meta.json").exists()) if root.exists() else []
+    found = (
+        sorted(p for p in root.glob("*") if not p.is_symlink() and (p / "meta.json").is_file())
+        if root.exists()
+        else []
+    )
     found.sort(key=lambda p: (p / "meta.json").stat().st_mtime)
     return {"checkpoints": [_checkpoint(run_id, p.name, p) for p in found], "cursor": None}
 
@@ -73,8 +77,8 @@ def delete_checkpoint(svc: TrainerService, run_id: str, kind: str, name: str) ->
         raise TrainerBadRequest(
             f"only weights/ checkpoints can be deleted here, not {kind}/ (weight sync owns those)"
         )
-    target = checkpoints.state_path(svc.state_dir, run_id, name)
+    target = checkpoints.state_path(svc.state_dir, run_id, name)  # no symlink below the state dir
     if not (target / "meta.json").exists():
         raise NotFound(f"checkpoint tinker://{run_id}/weights/{name} not found")
-    shutil.rmtree(target)
+    shutil.rmtree(target)  # rmtree itself never follows symlinks found inside
     return {}

@@ -1,4 +1,8 @@
-"""Sampling sessions and asample requests, executed on one dedicated sampling thread."""
+"""Sampling sessions and asample requests, executed on one dedicated sampling thread.
+
+Its dependencies are explicit and narrow (the base module and tokenizer, the model's facts, the
+bucket, the future store, and three callables into the trainer service), not the service itself.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,21 @@ import asyncio
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from engine.local.trainer import checkpoints, params
 from engine.local.trainer.config import NotFound, TrainerBadRequest
-from engine.local.trainer.futures import Outcome
+from engine.local.trainer.futures import FutureStore, Outcome
 from engine.local.trainer.generation import ModuleCache, SamplingSession, sample
 from engine.local.trainer.models import ModelState
 from engine.local.trainer.ordering import run_guarded
 from engine.weights.snapshot import SnapshotError, materialize
-
-if TYPE_CHECKING:
-    from engine.local.trainer.service import ModelEntry, TrainerService
 
 MAX_PENDING_SAMPLES = 512
 # Each ephemeral sampling session pins a full copy of the weights; keep the most recent ones.
@@ -31,12 +35,41 @@ class Backpressure(TrainerBadRequest):
     status = 429
 
 
+@dataclass(frozen=True)
+class SampledModel:
+    """What sampling needs to know about the served base model."""
+
+    name: str
+    vocab_size: int
+    max_length: int
+    eos_id: int
+
+
 class SamplerService:
-    def __init__(self, service: TrainerService) -> None:
-        self.service = service
+    def __init__(
+        self,
+        base: Any,
+        tokenizer: Any,
+        model: SampledModel,
+        bucket: Path,
+        store: FutureStore,
+        *,
+        session_id_of: Callable[[Any], str],
+        check_base_model: Callable[[Any], str],
+        background: Callable[[Coroutine[Any, Any, None]], None],
+    ) -> None:
+        """``session_id_of`` validates a client's session id (raising NotFound/Gone);
+        ``check_base_model`` a requested base model; ``background`` runs a coroutine on the loop."""
+        self.tokenizer = tokenizer
+        self.model = model
+        self.bucket = bucket
+        self.store = store
+        self._session_id_of = session_id_of
+        self._check_base_model = check_base_model
+        self._background = background
         self.sessions: dict[str, SamplingSession] = {}
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="sampler")
-        self.modules = ModuleCache(service.base)
+        self.modules = ModuleCache(base)
         self._snapshots: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()
         self._ephemeral: OrderedDict[str, None] = OrderedDict()
@@ -52,13 +85,11 @@ class SamplerService:
             self.sessions[s.sampling_session_id] = s
         return s.sampling_session_id
 
-    def ephemeral(self, entry: ModelEntry, state: ModelState, seq: int) -> Outcome:
+    def ephemeral(self, session_id: str, state: ModelState, seq: int) -> Outcome:
         """Blocking (model thread): pin the model's current weights in a new sampling session."""
-        sid = f"{entry.session_id}:sample:{seq}"
+        sid = f"{session_id}:sample:{seq}"
         key = f"ephemeral:{uuid.uuid4().hex}"
-        s = SamplingSession(
-            sid, entry.session_id, self.service.config.model, None, key, state.sampler_state()
-        )
+        s = SamplingSession(sid, session_id, self.model.name, None, key, state.sampler_state())
         sid = self._register(s)
         with self._lock:
             self._ephemeral[sid] = None
@@ -79,7 +110,7 @@ class SamplerService:
                 self._snapshots.move_to_end(name)
                 return self._snapshots[name]
         try:
-            _, weights = materialize(self.service.config.bucket, name)
+            _, weights = materialize(self.bucket, name)
         except SnapshotError as exc:
             raise NotFound(f"sampler snapshot {name!r}: {exc}") from exc
         with self._lock:
@@ -89,7 +120,7 @@ class SamplerService:
         return weights
 
     async def create_session(self, body: dict[str, Any]) -> dict[str, Any]:
-        session = self.service.session(body.get("session_id"))
+        session_id = self._session_id_of(body.get("session_id"))
         seq = params.field(body, "sampling_session_seq_id", int)
         model_path = body.get("model_path")
         weights: dict[str, torch.Tensor] | None = None
@@ -105,14 +136,9 @@ class SamplerService:
             weights = await asyncio.to_thread(self._snapshot, tp.name)
             key = f"snapshot:{tp.name}"
         else:
-            self.service.check_base_model(body.get("base_model"))
+            self._check_base_model(body.get("base_model"))
         s = SamplingSession(
-            f"{session.session_id}:sample:{seq}",
-            session.session_id,
-            self.service.config.model,
-            model_path,
-            key,
-            weights,
+            f"{session_id}:sample:{seq}", session_id, self.model.name, model_path, key, weights
         )
         return {"type": "create_sampling_session", "sampling_session_id": self._register(s)}
 
@@ -132,18 +158,18 @@ class SamplerService:
                 f"unknown sampling_session_id {sid!r} (its session finished, or it is older than the "
                 f"{MAX_EPHEMERAL_SESSIONS} most recent save_weights_and_get_sampling_client sessions)"
             )
-        svc = self.service
-        prompt = params.prompt_tokens(body)
-        if any(not 0 <= t < svc.vocab_size for t in prompt):
-            raise TrainerBadRequest(f"prompt: token id out of range [0, {svc.vocab_size})")
-        p = params.sample_params(body, len(prompt), svc.vocab_size, svc.max_length, svc.eos_id)
+        m = self.model
+        prompt = params.prompt_tokens(body, max_tokens=m.max_length)
+        if any(not 0 <= t < m.vocab_size for t in prompt):
+            raise TrainerBadRequest(f"prompt: token id out of range [0, {m.vocab_size})")
+        p = params.sample_params(body, len(prompt), m.vocab_size, m.max_length, m.eos_id)
         if self.pending >= MAX_PENDING_SAMPLES:
             raise Backpressure(f"{self.pending} samples pending; retry later")
-        rid = svc.store.create("sample")
+        rid = self.store.create("sample")
 
         def run() -> Outcome:
             module = self.modules.get(s.weights_key, s.weights)
-            return Outcome(proto=sample(module, prompt, p, svc.tokenizer))
+            return Outcome(proto=sample(module, prompt, p, self.tokenizer))
 
         async def go() -> None:
             try:
@@ -151,10 +177,10 @@ class SamplerService:
                 outcome = await loop.run_in_executor(self.executor, run_guarded(run, "sample"))
             finally:
                 self.pending -= 1
-            svc.store.resolve(rid, outcome)
+            self.store.resolve(rid, outcome)
 
         # Counted at admission, not when the task first runs: a burst in one loop turn must not
         # slip past the bound.
         self.pending += 1
-        svc.background(go())
+        self._background(go())
         return {"request_id": rid, "sample_sequence_ids": [f"{rid}:{i}" for i in range(p.num_samples)]}
