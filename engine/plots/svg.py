@@ -29,7 +29,7 @@ class Series:
     style: str = "line"  # "line" | "points" | "step" | "bars"
     color: str | None = None
     labels: Sequence[str] | None = None  # one tooltip per point (drawn as a marked circle)
-    annotate: bool = False  # also write each label next to its point (for a few points)
+    notes: Sequence[str] | None = None  # short text written next to each point (for a few points)
 
 
 @dataclass
@@ -52,6 +52,7 @@ class Chart:
     series: list[Series] = field(default_factory=list)
     markers: list[Marker] = field(default_factory=list)
     hline: tuple[float, str] | None = None  # (y, label), e.g. a latency target
+    headroom: float = 0.0  # extra y range above the data, as a share of it (room for point notes)
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -93,7 +94,8 @@ def render(chart: Chart) -> str:
         parts.append(f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle" fill="#888">no data</text></svg>')
         return "".join(parts)
     xt = nice_ticks(min(xs), max(xs))
-    yt = nice_ticks(min(0.0, min(ys)), max(ys))
+    lo, hi = min(0.0, min(ys)), max(ys)
+    yt = nice_ticks(lo, hi + chart.headroom * ((hi - lo) or abs(hi) or 1.0))
     x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
     pw, ph = W - ML - MR, H - MT - MB
 
@@ -205,15 +207,16 @@ def _labelled_points(
 ) -> str:
     assert s.labels is not None and len(s.labels) == len(s.xs), f"series {s.name!r}: one label per point"
     out = [f'<g fill="{color}" class="series points" data-series="{escape(s.name)}">']
-    for x, y, label in zip(s.xs, s.ys, s.labels, strict=True):
+    for i, (x, y, label) in enumerate(zip(s.xs, s.ys, s.labels, strict=True)):
         out.append(
             f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" data-x="{x!r}" data-y="{y!r}">'
             f"<title>{escape(label)}</title></circle>"
         )
-        if s.annotate:
+        if s.notes is not None:
+            tx, ty = px(x) + 4, py(y) - 6
             out.append(
-                f'<text x="{px(x) + 5:.1f}" y="{py(y) - 6:.1f}" font-size="10" fill="{color}">'
-                f"{escape(label)}</text>"
+                f'<text class="note" x="{tx:.1f}" y="{ty:.1f}" font-size="10" fill="{color}" '
+                f'transform="rotate(-28 {tx:.1f} {ty:.1f})">{escape(s.notes[i])}</text>'
             )
     out.append("</g>")
     return "".join(out)
