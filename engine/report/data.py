@@ -9,6 +9,7 @@ report shows what it can, it never refuses a run directory.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -77,7 +78,7 @@ def _journal(path: Path, problems: list[str]) -> list[dict[str, Any]]:
         return read_jsonl(path, problems)
 
 
-def load_run(path: str | Path, *, now: float | None = None) -> RunView:
+def load_run(path: str | os.PathLike[str], *, now: float | None = None) -> RunView:
     rd = Path(path).resolve()
     problems: list[str] = []
     try:
