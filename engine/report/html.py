@@ -184,7 +184,7 @@ def _evals_table(run: RunView, r: int) -> str:
         step = int(row["step"])
         step_cell = _link(f"r{r}-step-{step}", str(step)) if step else "0"
         rows.append(
-            f'<tr data-step="{step}"><td data-key="step">{step_cell}</td>'
+            f'<tr id="r{r}-eval-{step}" data-step="{step}"><td data-key="step">{step_cell}</td>'
             + _td(gens.get(("eval", step)), "generation") + "".join(_td(row.get(k), k) for k in EVAL_KEYS)
             + _identity(row.get("snapshot_identity"), snap_ids)
             + _td(row.get("prompts_sha256"), "prompts_sha256", txt=True) + "</tr>"
