@@ -110,8 +110,7 @@ class _Reader:
 
     @property
     def generation(self) -> Generation:
-        if not self.out.generations:  # a journal that does not begin with a start record
-            self.out.generations.append(Generation(1, self.last_t, self.last_t))
+        assert self.out.generations, "feed() opens a generation before anything reads it"
         return self.out.generations[-1]
 
     def close_open(self, end: float, outcome: str, **kw: Any) -> Visit | None:
@@ -157,6 +156,8 @@ class _Reader:
             self.out.generations.append(Generation(number, t, t, resume))
             if resume is not None:
                 self.mark(t, "resumed", None, resume, f"generation {number} resumed from step {resume}")
+        elif not self.out.generations:  # a journal that does not begin with a start record
+            self.out.generations.append(Generation(1, t, t))
         gen = self.generation
         self.last_t = gen.end = max(gen.end, t)
         if event == "enter":

@@ -217,3 +217,17 @@ def test_the_timeline_reads_interruptions_recoveries_and_unknown_kinds() -> None
     assert [o[2].get("kind") or o[2].get("event") for o in tl.other] == ["future", "telemetry"]
     by_state = {s.lane: s for s in time_per_state(tl)}
     assert by_state["training"].visits == 2 and by_state["setup"].visits == 2
+
+
+def test_a_run_that_has_only_begun_or_lacks_its_start_record_still_reports(tmp_path: Path) -> None:
+    from engine.report import write_report
+
+    (tmp_path / "config.yaml").write_text("max_steps: 2\n")
+    html = write_report(tmp_path).read_text()
+    assert '<span class="badge empty">empty</span>' in html and "No step committed yet." in html
+    (tmp_path / "journal.jsonl").write_text(
+        '{"t": 5.0, "event": "enter", "state": "requesting", "step": 0}\n'
+    )
+    tl = read_timeline([{"t": 5.0, "event": "enter", "state": "requesting", "step": 0}])
+    assert tl.generations[0].start == 5.0 and tl.visits[0].outcome == "open"
+    assert 'data-lane="requesting" data-kind="open"' in write_report(tmp_path).read_text()
