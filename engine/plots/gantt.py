@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
 
-from engine.plots.svg import PALETTE, Marker, fmt_tick, marker_svg, nice_ticks
+from engine.plots.svg import Marker, fmt_tick, marker_svg, nice_ticks
 
 LANE_H, LABEL_W, TOP, BOTTOM, RIGHT = 22, 118, 34, 40, 16
 KIND_STYLE = {
@@ -23,6 +23,8 @@ KIND_STYLE = {
     "open": ' stroke="#1f77b4" stroke-width="1.5" stroke-dasharray="5 3"',
 }
 KIND_FILL = {"failed": "#d62728", "cancelled": "#ff7f0e", "interrupted": "#999"}
+# Lane colours leave out the outcome colours above, so a failed bar never looks like a lane's own.
+LANE_COLORS = ("#aec7e8", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
 @dataclass
@@ -88,7 +90,7 @@ def render_gantt(g: Gantt) -> str:
         f'<text x="{LABEL_W + pw / 2}" y="{height - 8}" text-anchor="middle" font-size="12">'
         f"{escape(g.xlabel)}</text>"
     )
-    colors = {lane: PALETTE[i % len(PALETTE)] for i, lane in enumerate(g.lanes)}
+    colors = {lane: LANE_COLORS[i % len(LANE_COLORS)] for i, lane in enumerate(g.lanes)}
     for bar in g.bars:
         if bar.lane not in lane_y:
             continue
