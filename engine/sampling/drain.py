@@ -25,6 +25,7 @@ class DrainGate:
         self.epoch = 0
         self.in_flight = 0
         self.drains = 0
+        self.waited = 0  # drains that found attempts in flight and waited for them
         self._open = asyncio.Event()
         self._open.set()
         self._idle = asyncio.Event()
@@ -69,6 +70,7 @@ class DrainGate:
             raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
         async with self._lock:
             self._open.clear()
+            self.waited += self.in_flight > 0
             try:
                 try:
                     async with asyncio.timeout(timeout_s):
