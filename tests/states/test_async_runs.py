@@ -145,9 +145,9 @@ async def test_cancelled_mid_overlap_the_run_resumes_exactly(tmp_path: Path) -> 
 
     def watch(e: LifecycleEvent) -> None:
         progress = e.record
-        if e.kind == "rollout" and isinstance(progress, RolloutProgress) and progress.phase == "enter":
-            if e.state is RolloutState.SAMPLING and progress.target == 4:
-                mid.set()  # the rollout machine samples step 4 while the learner works on step 2 or 3
+        if isinstance(progress, RolloutProgress) and progress.phase == "enter" and progress.target == 4:
+            assert e.kind == "rollout" and e.state is RolloutState.SAMPLING
+            mid.set()  # the rollout machine samples step 4 while the learner works on step 2 or 3
 
     handle = start(config(tmp_path, 2, max_steps=7), planes=p, on_event=watch)
     await asyncio.wait_for(mid.wait(), 30)
