@@ -247,3 +247,32 @@ async def test_the_step_rows_of_an_async_run_are_committed_facts(tmp_path: Path)
     committed = [e.record.row for e in seen if e.kind == "record" and isinstance(e.record, StepCommitted)]
     assert [r["step"] for r in committed] == [1, 2, 3]
     assert all({"wait_s", "buffered", "staleness_mean"} <= set(r) for r in committed)
+
+
+async def test_the_live_display_shows_the_rollout_machine_buffer_and_staleness(tmp_path: Path) -> None:
+    from engine.run.display import LiveRunTable
+
+    table = LiveRunTable(str(tmp_path / "run"))
+    frames: list[dict[str, Any]] = []
+
+    def watch(event: LifecycleEvent) -> None:
+        table(event)
+        frames.append(dict(table.values))
+
+    await run(config(tmp_path, 1, max_steps=4), planes=planes(timings=SLOW_SAMPLING), on_event=watch)
+    assert table.overlap and table.values["staleness"].startswith("max 1, mean 1")
+    assert any(str(f.get("rollouts", "")).startswith("SAMPLING step ") for f in frames)
+    assert any(str(f.get("buffer", "")).startswith("1/2 (steps ") for f in frames)
+    assert table.values["state"] == "DONE"
+
+
+def test_the_example_is_the_demo_in_async_mode() -> None:
+    from engine.config import RunConfig, dump_config, load_config
+
+    example = load_config(Path(__file__).resolve().parents[2] / "examples" / "async-rl.yaml")
+    assert example.rl.async_rollouts is not None and example.rl.async_rollouts.max_staleness == 1
+    demo = dump_config(RunConfig())
+    assert (
+        dump_config(example.model_copy(update={"rl": example.rl.model_copy(update={"async_rollouts": None})}))
+        == demo
+    )
