@@ -23,7 +23,11 @@ async def run(ctx: RunContext) -> None:
     syncer = ctx.live_syncer()
     if ctx.deployment.hotload_policy == "drain":
         sampler = ctx.live_sampler()
-        async with sampler.draining(ctx.config.limits.stall_s) as ending:
+        # Each attempt is bounded by the request timeout, so a drain ends within it; inside this
+        # state's own stall bound, so a drain that cannot end fails naming the attempts in flight.
+        cfg = ctx.config
+        drain_s = min(cfg.sampling.request_timeout_s + 30.0, 0.9 * cfg.limits.stall_s)
+        async with sampler.draining(drain_s) as ending:
             ctx.beat("sampling drained for the hot-load")
             served = await syncer.hotload(snap.snapshot_name, snap.checkpoint_type)
             ctx.versions.serves(ending + 1, served)

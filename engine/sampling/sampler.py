@@ -22,13 +22,13 @@ import os
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from engine.errors import ConfigError, StuckError
 from engine.log import get_logger
+from engine.sampling.completion import SampledCompletion
 from engine.sampling.controllers import AdaptiveConcurrencyController, ConcurrencyController
 from engine.sampling.dialect import RESERVED_FIELDS, CompletionDialect
 from engine.sampling.drain import DrainGate
@@ -49,33 +49,6 @@ def _log() -> Any:
 
 
 _METRICS_KEPT = 65536
-
-
-@dataclass(frozen=True, slots=True)
-class SampledCompletion:
-    """One sampled completion with everything an RL step needs."""
-
-    text: str
-    full_tokens: list[int]
-    """Prompt ids (the server's, if it expanded them) followed by the completion ids."""
-    prompt_len: int
-    completion_tokens: list[int]
-    finish_reason: str
-    sampling_logprobs: list[float | None]
-    """Behavior-policy logprobs (after temperature/top-p/top-k), one per completion token."""
-    inference_logprobs: list[float | None]
-    """Raw model logprobs, one per completion token."""
-    server_metrics: ServerMetrics
-    snapshot_identity: str | None
-    """The weights snapshot that generated this completion (None: the deployment's base weights)."""
-    request_id: str
-    attempts: int
-    epoch: int = 0
-    """The sampler's drain epoch the completion's attempt was admitted and finished in."""
-
-    @property
-    def completion_len(self) -> int:
-        return len(self.completion_tokens)
 
 
 class DeploymentSampler:
