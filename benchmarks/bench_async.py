@@ -110,13 +110,26 @@ def reward_by(run_dir: Path, seconds: float) -> tuple[float | None, float | None
     return (sum(tail) / len(tail) if tail else None), score, len(rewards)
 
 
+def step_parts(run_dir: Path) -> tuple[float, float, float]:
+    """(S, T, rest): mean sampling and training seconds per step from the rows, and what else a step
+    takes on the learner path (checkpoint, hot-load, evaluations amortized, bookkeeping)."""
+    rows = [
+        f["row"]
+        for rec in read_journal(run_dir / "journal.jsonl") if rec["event"] == "exit"
+        for f in rec.get("records") or [] if f["kind"] == "step"
+    ]  # fmt: skip
+    s = statistics.mean(float(r["sample_s"]) for r in rows[1:])
+    t = statistics.mean(float(r["train_s"]) for r in rows[1:])
+    return s, t, max(0.0, 1.0 / steps_per_s(run_dir) - s - t)
+
+
 def train_seconds(run_dir: Path) -> float:
     records = read_journal(run_dir / "journal.jsonl")
     start = next(float(r["t"]) for r in records if r["event"] == "enter" and r["state"] == "training")
     return training_exits(run_dir)[-1][1] - start
 
 
-async def demo(rounds: int, steps: int) -> None:
+async def demo(rounds: int, steps: int, keep: Path | None) -> None:
     from engine.local.stack import EmbeddedStack
     from engine.run.planes import ControlPlaneConnection
 
@@ -124,6 +137,8 @@ async def demo(rounds: int, steps: int) -> None:
     sync_cfg = {**base, "rl": {**base["rl"], "async_rollouts": None}}
     results: dict[str, list[Path]] = {"sync": [], "async": []}
     with tempfile.TemporaryDirectory() as tmp:
+        if keep is not None:
+            tmp = str(keep)
         async with EmbeddedStack(Path(tmp) / "stack") as stack:
             conn = ControlPlaneConnection(stack.base_url, stack.api_key, stack.account_id)
             for r in range(rounds):
@@ -148,18 +163,20 @@ async def demo(rounds: int, steps: int) -> None:
                 f"{statistics.mean(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)}; "
                 f"spread {max(ratios) - min(ratios):.3f})"
             )
-            for a, s in pairs:
-                s_sample = statistics.mean(
-                    float(f["row"]["sample_s"])
-                    for rec in read_journal(s / "journal.jsonl") if rec["event"] == "exit"
-                    for f in rec.get("records") or [] if f["kind"] == "step"
-                )  # fmt: skip
+            for r, (a, s) in enumerate(pairs):
+                s_s, t_s, rest = step_parts(s)
+                ideal = (s_s + t_s + rest) / (max(s_s, t_s) + rest)
+                ratio = steps_per_s(a) / steps_per_s(s)
+                print(
+                    f"round {r}: sync step = S {s_s:.2f}s + T {t_s:.2f}s + rest {rest:.2f}s; ideal "
+                    f"{ideal:.3f}, measured {ratio:.3f}, measured/ideal {ratio / ideal:.3f}"
+                )
                 equal = min(train_seconds(a), train_seconds(s))
                 ra, ea, na = reward_by(a, equal)
                 rs, es, ns = reward_by(s, equal)
                 print(
-                    f"after {equal:.1f}s of training: async {na} steps, reward {ra:.3f}, eval {ea} | "
-                    f"sync {ns} steps, reward {rs:.3f}, eval {es}  (sync sampling {s_sample:.2f}s/step)"
+                    f"  after {equal:.1f}s of training: async {na} steps, reward {ra:.3f}, eval {ea} | "
+                    f"sync {ns} steps, reward {rs:.3f}, eval {es}"
                 )
 
 
@@ -168,12 +185,13 @@ def main() -> int:
     parser.add_argument("--demo", action="store_true", help="the embedded demo instead of scripted planes")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--keep", type=Path, default=None, help="demo: keep the run directories here")
     parser.add_argument("--train-s", type=float, default=0.1, help="scripted: T")
     parser.add_argument("--sync-s", type=float, default=0.02, help="scripted: the hot-load time")
     args = parser.parse_args()
     configure("console", "WARNING")
     if args.demo:
-        asyncio.run(demo(args.rounds, args.steps or 20))
+        asyncio.run(demo(args.rounds, args.steps or 20, args.keep))
     else:
         asyncio.run(scripted(args.steps or 20, args.train_s, args.sync_s))
     return 0
