@@ -34,21 +34,25 @@ from engine.config import RunConfig, dump_config, validate_config
 from engine.errors import ConfigError
 from engine.journal import Journal
 from engine.lifecycle.events import EventBus, LifecycleEvent
-from engine.lifecycle.runner import Fact, FaultPlan, Runner, StateLimits
+from engine.lifecycle.runner import Fact, FaultPlan, RunFailed, Runner, StateLimits
 from engine.lifecycle.schedule import Schedule
 from engine.lifecycle.table import INITIAL, State
 from engine.log import get_logger
 from engine.recipes.tasks import eval_set_json, load_task
 from engine.run.context import RunContext
+from engine.run.liveness import LivenessLimits, LivenessWatch
 from engine.run.offload import UserCode
 from engine.run.planes import ControlPlaneConnection, open_planes
 from engine.run.records import LEDGER_KINDS, EvalCommitted, StepCommitted
+from engine.run.recovering import AttemptEnd, EventRelay, Recoverer, RecoveryFailed
+from engine.run.recovery import RecoveryBudget
 from engine.run.rollouts import AsyncRollouts
 from engine.run.rundir import LEDGER, METRICS, RunDir, default_run_dir
 from engine.run.sinks import MetricSink, open_fanout
 from engine.sampling.controllers import ConcurrencyController
 
 log = get_logger("engine.run")
+CLOSE_AFTER_FAILURE_S = 5.0  # closing a session whose trainer is gone: it cannot say goodbye
 
 
 @dataclass
@@ -144,6 +148,155 @@ class _Live:
     ctx: RunContext | None = None
 
 
+@dataclass
+class _Attempt:
+    """What one attempt (a generation of the run) is handed; built once per run by ``_execute``."""
+
+    config: RunConfig
+    rd: RunDir
+    run_id: str
+    task: Any
+    eval_rows: list[dict[str, str]]
+    eval_sha: str
+    planes: Planes
+    user_code: UserCode
+    journal: Journal
+    fanout: Any
+    handlers: dict[State, Any]
+    sample_rollouts: Any
+    live: _Live | None
+    last_ctx: RunContext | None = None  # the context of the attempt running or last run
+
+
+async def _run_attempt(a: _Attempt, resume: Any, relay: EventRelay) -> RunContext:
+    """One generation: journal its start, build its context, run the learner (and the rollout
+    machine); returns the context, whose clients the caller closes. Raises what failed it."""
+    config, rd = a.config, a.rd
+    generation = resume.generation + 1
+    await a.journal.append(
+        {"event": "start", "generation": generation, "run_id": a.run_id,
+         "resume_from": resume.step if resume.started else None}
+    )  # fmt: skip
+    if resume.started:
+        log.info("resuming run", run_dir=str(rd.path), step=resume.step, generation=generation)
+    ctx = RunContext(
+        config=config,
+        run_dir=rd,
+        run_id=a.run_id,
+        schedule=schedule_of(config),
+        task=a.task,
+        planes=a.planes,
+        user_code=a.user_code,
+        resume=resume,
+        generation=generation,
+        eval_rows=a.eval_rows,
+        eval_sha256=a.eval_sha,
+    )
+    if a.live is not None:
+        a.live.ctx = ctx
+    a.last_ctx = ctx
+    default, limits = _limits(config)
+    fault = FaultPlan.from_env()
+    overlap = config.rl.async_rollouts if config.recipe == "rl" else None
+    if overlap is not None:
+        ctx.async_rollouts = AsyncRollouts(
+            ctx, overlap.max_staleness, a.journal, events=relay.attempt, limits=default, fault=fault
+        )
+
+    async def after_exit(state: State, facts: list[Fact]) -> None:
+        if ctx.async_rollouts is not None:
+            if state is State.WAITING:
+                ctx.async_rollouts.start(a.sample_rollouts)
+            ctx.async_rollouts.learner_moved()
+        rows = [dict(f.row) for f in facts if isinstance(f, StepCommitted | EvalCommitted)]
+        ledger = [f.to_json() for f in facts if f.kind in LEDGER_KINDS]
+        await asyncio.to_thread(rd.append, METRICS, rows)
+        await asyncio.to_thread(rd.append, LEDGER, ledger)
+        a.fanout.put(rows)  # never blocks: a full queue drops the row for that sink
+
+    recovery = config.recovery
+    watch = LivenessWatch(
+        a.planes,
+        lambda: (ctx.trainer_ref, ctx.deployment_ref),
+        LivenessLimits(every_s=recovery.health_every_s, unreachable_after_s=recovery.unreachable_after_s),
+    )
+    runner: Runner[RunContext] = Runner(
+        a.handlers,
+        a.journal,
+        decide=lambda state, c: c.schedule.after(state, c.counters),
+        events=relay.attempt,
+        limits=limits,
+        default_limits=default,
+        run_id=a.run_id,
+        after_exit=after_exit,
+        fault=fault,
+        liveness=watch.watch if recovery.health_every_s > 0 else None,
+    )
+    try:
+        await runner.run(ctx, INITIAL)
+        if ctx.async_rollouts is not None:
+            await ctx.async_rollouts.finish(default.stall_s)
+    finally:
+        if ctx.async_rollouts is not None:
+            await asyncio.shield(ctx.async_rollouts.stop())
+    return ctx
+
+
+def _budget(config: RunConfig) -> RecoveryBudget:
+    r = config.recovery
+    return RecoveryBudget(
+        enabled=r.enabled,
+        max_per_hour=r.max_per_hour,
+        max_consecutive=r.max_consecutive,
+        deadline_s=r.deadline_s,
+        backoff_s=r.backoff_s,
+    )
+
+
+async def _attempts(a: _Attempt, resume: Any, bus: EventBus) -> RunContext:
+    """Attempts until one finishes (returns its context) or the recovery policy gives up (raises).
+
+    Between two attempts the failed one's clients are closed, the policy's action is carried out
+    (engine.run.recovering) and the journal is replayed: the next attempt is a resumed generation."""
+    recoverer = Recoverer(a.planes, a.journal, bus, _budget(a.config), run_id=a.run_id)
+    high_water = resume.step
+    while True:
+        relay = EventRelay(bus)
+        a.last_ctx = None
+        try:
+            return await _run_attempt(a, resume, relay)
+        except Exception as exc:
+            ctx = a.last_ctx
+            error: BaseException = exc
+        if ctx is not None:
+            await asyncio.shield(ctx.close_clients(timeout_s=CLOSE_AFTER_FAILURE_S))
+        failed_step = error.step if isinstance(error, RunFailed) else high_water
+        known = resume.resources
+        end = AttemptEnd(
+            error,
+            (ctx.trainer_ref if ctx is not None else None) or (known.trainer if known else None),
+            (ctx.deployment_ref if ctx is not None else None) or (known.deployment if known else None),
+            progressed=failed_step > high_water,
+            generation=resume.generation + 1,
+        )
+        high_water = max(high_water, failed_step)
+        while True:
+            decision = await recoverer.decide(end)
+            if decision.action == "fail":
+                relay.give_up()
+                if not recoverer.journaled(decision):  # a plain failure: not the policy's to heal
+                    raise error
+                raise RecoveryFailed(decision) from error
+            try:
+                await recoverer.act(decision, end)
+                break
+            except Exception as act_error:  # the action failed: a failure like any other
+                log.warning("recovery action failed", action=decision.action, error=str(act_error))
+                end = AttemptEnd(act_error, end.trainer, end.deployment, False, end.generation)
+        resume = await asyncio.to_thread(a.rd.replay)
+        await asyncio.to_thread(a.rd.rebuild_derived, resume)
+
+
 async def _execute(
     given: RunConfig | None,
     run_dir: str | os.PathLike[str] | None,
@@ -163,78 +316,31 @@ async def _execute(
     # A JSONL dataset is read and a user's reward module imported: file I/O, off the caller's loop.
     task = await asyncio.to_thread(load_task, config.task, config.reward)
     eval_rows, eval_sha = eval_set_json(task, config.eval.prompts)
-    generation = resume.generation + 1
     await asyncio.to_thread(rd.store_eval_prompts, eval_rows, eval_sha)
     await asyncio.to_thread(rd.rebuild_derived, resume)
     journal = await asyncio.to_thread(Journal, rd.journal_path)  # may fsync: off the loop
     status, error, served = "failed", None, None
+    attempt: _Attempt | None = None
     try:
         async with contextlib.AsyncExitStack() as stack:
-            await journal.append(
-                {"event": "start", "generation": generation, "run_id": run_id,
-                 "resume_from": resume.step if resume.started else None}
-            )  # fmt: skip
-            if resume.started:
-                log.info("resuming run", run_dir=str(rd.path), step=resume.step, generation=generation)
             user_code = UserCode(task, config.user_code.executor, config.user_code.workers)
             stack.callback(user_code.close)
             # Metric sinks (engine.run.sinks) drain on their own threads; closing waits a bounded time.
-            fanout = await asyncio.to_thread(open_fanout, config, rd.path, run_id, generation, sinks)
+            fanout = await asyncio.to_thread(
+                open_fanout, config, rd.path, run_id, resume.generation + 1, sinks
+            )
             stack.push_async_callback(asyncio.to_thread, fanout.close)
             if planes is None:
                 planes = await open_planes(config, rd.path, stack, connection)
-            ctx = RunContext(
-                config=config,
-                run_dir=rd,
-                run_id=run_id,
-                schedule=schedule_of(config),
-                task=task,
-                planes=planes,
-                user_code=user_code,
-                resume=resume,
-                generation=generation,
-                eval_rows=eval_rows,
-                eval_sha256=eval_sha,
-            )
-            if live is not None:
-                live.ctx = ctx
-
-            default, limits = _limits(config)
-            fault = FaultPlan.from_env()
-            overlap = config.rl.async_rollouts if config.recipe == "rl" else None
-            if overlap is not None:
-                ctx.async_rollouts = AsyncRollouts(
-                    ctx, overlap.max_staleness, journal, events=bus, limits=default, fault=fault
-                )
             # The state modules import tinker and torch (seconds, the first time): not on the loop.
             handlers, sample_rollouts = await asyncio.to_thread(_handlers)
-
-            async def after_exit(state: State, facts: list[Fact]) -> None:
-                if ctx.async_rollouts is not None:
-                    if state is State.WAITING:
-                        ctx.async_rollouts.start(sample_rollouts)
-                    ctx.async_rollouts.learner_moved()
-                rows = [dict(f.row) for f in facts if isinstance(f, StepCommitted | EvalCommitted)]
-                ledger = [f.to_json() for f in facts if f.kind in LEDGER_KINDS]
-                await asyncio.to_thread(rd.append, METRICS, rows)
-                await asyncio.to_thread(rd.append, LEDGER, ledger)
-                fanout.put(rows)  # never blocks: a full queue drops the row for that sink
-
-            runner: Runner[RunContext] = Runner(
-                handlers,
-                journal,
-                decide=lambda state, c: c.schedule.after(state, c.counters),
-                events=bus,
-                limits=limits,
-                default_limits=default,
-                run_id=run_id,
-                after_exit=after_exit,
-                fault=fault,
-            )
+            attempt = _Attempt(
+                config, rd, run_id, task, eval_rows, eval_sha, planes, user_code, journal, fanout,
+                handlers, sample_rollouts, live,
+            )  # fmt: skip
+            ctx: RunContext | None = None
             try:
-                await runner.run(ctx, INITIAL)
-                if ctx.async_rollouts is not None:
-                    await ctx.async_rollouts.finish(default.stall_s)
+                ctx = await _attempts(attempt, resume, bus)
                 status = "done"
             except asyncio.CancelledError:
                 status = "cancelled"
@@ -243,16 +349,17 @@ async def _execute(
                 error = str(exc)
                 raise
             finally:
-                if ctx.async_rollouts is not None:
-                    await asyncio.shield(ctx.async_rollouts.stop())
-                served = ctx.served_identity
-                await asyncio.shield(ctx.aclose(delete_resources=not config.keep_resources))
+                ctx = ctx or (attempt.last_ctx if attempt is not None else None)
+                if ctx is not None:
+                    served = ctx.served_identity
+                    await asyncio.shield(ctx.aclose(delete_resources=not config.keep_resources))
     except Exception as exc:
         error = error or str(exc)
         raise
     finally:
         await asyncio.to_thread(journal.close)
         # summarize reads the whole metrics.jsonl (one row per step): off the loop like the other I/O.
+        generation = (await asyncio.to_thread(rd.replay)).generation
         summary = await asyncio.to_thread(
             summarize,
             rd,
