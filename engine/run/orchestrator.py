@@ -52,7 +52,7 @@ from engine.run.sinks import MetricSink, open_fanout
 from engine.sampling.controllers import ConcurrencyController
 
 log = get_logger("engine.run")
-CLOSE_AFTER_FAILURE_S = 5.0  # closing a session whose trainer is gone: it cannot say goodbye
+CLOSE_AFTER_FAILURE_S = 2.0  # closing a session whose trainer is gone: it cannot say goodbye
 
 
 @dataclass

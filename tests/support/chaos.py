@@ -161,18 +161,21 @@ class FaultProxy:
         if self._session is not None:
             await self._session.close()
 
-    def _recovered(self) -> None:
+    def _recovered(self, number: int) -> None:
+        """Request ``number`` (0: unmatched) succeeded: the plane answers again for every injection
+        made before that request arrived (a stalled request recovers when it is answered itself)."""
         now = time.monotonic()
         for inj in self.injections:
-            if inj.recovered_at is None:
+            if inj.recovered_at is None and (number > inj.at or (number == inj.at and inj.kind == "stall")):
                 inj.recovered_at = now
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        fault = None
+        fault, number = None, 0
         if self.match(request.method, request.path):
             self.matched += 1
-            fault = self._due.pop(self.matched, None)
+            number = self.matched
+            fault = self._due.pop(number, None)
         if fault is not None:
             self.injections.append(
                 Injection(self.plane, fault.kind, self.matched, request.path, time.monotonic())
@@ -210,8 +213,8 @@ class FaultProxy:
                 return response
             await response.write_eof()
         self.forwarded += 1
-        if 200 <= upstream.status < 300:
-            self._recovered()
+        if 200 <= upstream.status < 300 and number:
+            self._recovered(number)
         return response
 
 
