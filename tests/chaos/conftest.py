@@ -10,8 +10,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-RESULTS: list[Any] = []  # every ChaosResult of the session, for the table
-
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any]:
@@ -22,9 +20,8 @@ async def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not RESULTS:
-        return
-    from support.chaos_run import fault_table, format_table
+    from support.chaos_run import COLLECTED, fault_table, format_table
 
-    terminalreporter.write_sep("-", "chaos: fault kind x plane")
-    terminalreporter.write_line(format_table(fault_table(RESULTS)))
+    if COLLECTED:
+        terminalreporter.write_sep("-", "chaos: fault kind x plane")
+        terminalreporter.write_line(format_table(fault_table(COLLECTED)))

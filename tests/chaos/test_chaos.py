@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RESULTS
 from support.chaos import FaultProxy, SeededMoments, repeated_lines, seeded_faults
-from support.chaos_run import ChaosResult, Strike, chaos_config, chaos_run, hotloop, part_pids
+from support.chaos_run import COLLECTED, ChaosResult, Strike, chaos_config, chaos_run, hotloop, part_pids
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
@@ -93,7 +92,7 @@ async def test_trainer_and_deployment_killed_once_the_run_heals_itself(
         strikes=strikes,
         find=lambda part: part_pids(part, chaos_stack.root_dir, "kills-trainer"),
     )
-    RESULTS.append(result)
+    COLLECTED.append(result)
     check_finished(result)
     check_quiet(result)
     assert all(s.pids for s in strikes), "each part was found and killed"
@@ -134,7 +133,7 @@ async def test_the_control_plane_killed_is_restarted_and_its_children_recovered(
         strikes=[strike],
         find=lambda part: part_pids(part, run_dir / "stack", "cp-trainer"),
     )
-    RESULTS.append(result)
+    COLLECTED.append(result)
     check_finished(result)
     check_quiet(result)
     assert strike.pids, "the control plane was found and killed"
@@ -179,7 +178,7 @@ async def test_every_network_fault_on_every_plane_changes_nothing(chaos_stack: A
     finally:
         for proxy in proxies.values():
             await proxy.close()
-    RESULTS.append(result)
+    COLLECTED.append(result)
     check_finished(result)
     check_quiet(result)
     assert {p: proxies[p].pending for p in proxies} == dict.fromkeys(proxies, 0), "every fault was injected"
@@ -200,7 +199,7 @@ async def test_an_exhausted_budget_fails_naming_the_cause_and_resume_finishes(
         strikes=strikes,
         find=lambda part: part_pids(part, chaos_stack.root_dir, "budget-trainer"),
     )
-    RESULTS.append(result)
+    COLLECTED.append(result)
     assert result.rc == 1, result.output[-3000:]
     check_quiet(result)
     named = "trainer job 'budget-trainer' is FAILED: trainer process killed by SIGKILL"

@@ -7,7 +7,11 @@ import pytest
 
 from engine.backends.base import Health, PartLost
 from engine.backends.fireworks.config import DeploymentInfo
-from engine.backends.fireworks.errors import RetriesExhaustedError
+from engine.backends.fireworks.errors import (
+    DeploymentFailedError,
+    RetriesExhaustedError,
+    TrainerJobFailedError,
+)
 from engine.backends.fireworks.health import deployment_health_of, job_health_of
 from engine.errors import ConfigError, FatalError, StuckError
 from engine.lifecycle.runner import RunFailed
@@ -106,6 +110,13 @@ def test_errors_classify_by_type_through_their_causes() -> None:
     assert failure_kind(PartLost("deployment", "failed", "x")) == "deployment_failed"
     assert failure_kind(PartLost("control_plane", "failed", "x")) == "control_plane_down"
     assert failure_kind(PartLost("deployment", "unreachable", "x")) == "control_plane_unreachable"
+    # the control-plane adapter's own wait errors are lost parts too
+    job = TrainerJobFailedError("trainer job 'x' failed: killed", job_id="x", state="JOB_STATE_FAILED")
+    assert failure_kind(job) == "trainer_failed"
+    deleted = TrainerJobFailedError("deleted", job_id="x", state="JOB_STATE_DELETED")
+    assert failure_kind(deleted) == "trainer_gone"
+    missing = DeploymentFailedError("gone", deployment_id="d", state="MISSING")
+    assert failure_kind(missing) == "deployment_gone"
     exhausted = RetriesExhaustedError("HTTP 503 (gave up after 8 attempts)", attempts=8, last_status=503)
     hotload = HotloadFailedError("hot-load failed", identity="s")
     hotload.__cause__ = exhausted

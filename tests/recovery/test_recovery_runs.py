@@ -101,6 +101,8 @@ async def test_the_demo_shape_with_both_parts_lost_once(tmp_path: Path) -> None:
     exactly_once(tmp_path / "run")
     assert [r["failure"] for r in recoveries(tmp_path / "run")] == ["trainer_failed", "deployment_failed"]
     assert table.values["recoveries"] == "2 (last: deployment_failed -> recover_deployment)"
+    html = (tmp_path / "run" / "report.html").read_text()  # the report marks both on its timeline
+    assert html.count('data-mark="recovery"') >= 2 and "reconnect_trainer" in html
 
 
 async def test_an_exhausted_budget_fails_naming_the_cause_and_resume_finishes(tmp_path: Path) -> None:

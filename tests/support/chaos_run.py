@@ -23,6 +23,7 @@ import yaml
 from support.chaos import Injection, pids_with, step_rows, wait_for_step
 
 Part = Literal["trainer", "deployment", "control_plane"]
+COLLECTED: list[ChaosResult] = []  # the chaos tests' results, for the table printed at the end
 
 
 def chaos_config(run_dir: Path, run_id: str, max_steps: int, **over: Any) -> dict[str, Any]:
