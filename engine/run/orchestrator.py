@@ -6,8 +6,10 @@ it goes. A run directory that holds an unfinished run is resumed (see engine.run
 commit protocol); a finished one returns its summary without doing anything.
 
 The orchestration, in order: pick and pin the run directory, replay its journal, load the task (off
-the loop), open the two backends (engine.run.planes), then hand the states to the lifecycle Runner,
-which asks the Schedule for every transition. Derived files follow each committed exit, and its
+the loop), open the two backends (engine.run.planes), then run attempts (engine.run.attempts): each
+hands the states to the lifecycle Runner, which asks the Schedule for every transition; an attempt
+that fails is healed by the recovery policy (engine.run.recovery) when it can be, and the next one
+resumes from the journal. Derived files follow each committed exit, and its
 metrics rows go to the metric sinks (engine.run.sinks); report.html (engine.report) is written when
 the run ends. With ``rl.async_rollouts`` the learner runs without SAMPLING and the rollout machine
 (engine.run.rollouts) starts beside it once WAITING committed; every learner exit wakes it, and it is
@@ -34,25 +36,20 @@ from engine.config import RunConfig, dump_config, validate_config
 from engine.errors import ConfigError
 from engine.journal import Journal
 from engine.lifecycle.events import EventBus, LifecycleEvent
-from engine.lifecycle.runner import Fact, FaultPlan, RunFailed, Runner, StateLimits
-from engine.lifecycle.schedule import Schedule
-from engine.lifecycle.table import INITIAL, State
+from engine.lifecycle.table import State
 from engine.log import get_logger
 from engine.recipes.tasks import eval_set_json, load_task
+from engine.run.attempts import Attempt, LiveView, run_attempts
+from engine.run.attempts import schedule_of as schedule_of  # a run's Schedule, from its config
 from engine.run.context import RunContext
-from engine.run.liveness import LivenessLimits, LivenessWatch
 from engine.run.offload import UserCode
 from engine.run.planes import ControlPlaneConnection, open_planes
-from engine.run.records import LEDGER_KINDS, EvalCommitted, StepCommitted
-from engine.run.recovering import AttemptEnd, EventRelay, Recoverer, RecoveryFailed
-from engine.run.recovery import RecoveryBudget
-from engine.run.rollouts import AsyncRollouts
-from engine.run.rundir import LEDGER, METRICS, RunDir, default_run_dir
+from engine.run.records import EvalCommitted, StepCommitted
+from engine.run.rundir import METRICS, RunDir, default_run_dir
 from engine.run.sinks import MetricSink, open_fanout
 from engine.sampling.controllers import ConcurrencyController
 
 log = get_logger("engine.run")
-CLOSE_AFTER_FAILURE_S = 2.0  # closing a session whose trainer is gone: it cannot say goodbye
 
 
 @dataclass
@@ -117,13 +114,6 @@ def _prepare_dir(
     return config, rd
 
 
-def _limits(config: RunConfig) -> tuple[StateLimits, dict[State, StateLimits]]:
-    default = StateLimits(config.limits.state_timeout_s, config.limits.stall_s)
-    ready = config.limits.ready_timeout_s + 300.0  # the waits plus connecting and restoring state
-    waiting = StateLimits(max(default.timeout_s, ready), max(default.stall_s, ready))
-    return default, {State.WAITING: waiting, State.REQUESTING: waiting}
-
-
 def summarize(rd: RunDir, status: str, started: float, generation: int, **kw: Any) -> RunSummary:
     rows = rd.read_rows(METRICS)
     evals = [r["score"] for r in rows if r.get("kind") == EvalCommitted.kind]
@@ -141,162 +131,6 @@ def summarize(rd: RunDir, status: str, started: float, generation: int, **kw: An
     )
 
 
-@dataclass
-class _Live:
-    """What a RunHandle may read of its run while it goes (set by ``_execute``)."""
-
-    ctx: RunContext | None = None
-
-
-@dataclass
-class _Attempt:
-    """What one attempt (a generation of the run) is handed; built once per run by ``_execute``."""
-
-    config: RunConfig
-    rd: RunDir
-    run_id: str
-    task: Any
-    eval_rows: list[dict[str, str]]
-    eval_sha: str
-    planes: Planes
-    user_code: UserCode
-    journal: Journal
-    fanout: Any
-    handlers: dict[State, Any]
-    sample_rollouts: Any
-    live: _Live | None
-    last_ctx: RunContext | None = None  # the context of the attempt running or last run
-
-
-async def _run_attempt(a: _Attempt, resume: Any, relay: EventRelay) -> RunContext:
-    """One generation: journal its start, build its context, run the learner (and the rollout
-    machine); returns the context, whose clients the caller closes. Raises what failed it."""
-    config, rd = a.config, a.rd
-    generation = resume.generation + 1
-    await a.journal.append(
-        {"event": "start", "generation": generation, "run_id": a.run_id,
-         "resume_from": resume.step if resume.started else None}
-    )  # fmt: skip
-    if resume.started:
-        log.info("resuming run", run_dir=str(rd.path), step=resume.step, generation=generation)
-    ctx = RunContext(
-        config=config,
-        run_dir=rd,
-        run_id=a.run_id,
-        schedule=schedule_of(config),
-        task=a.task,
-        planes=a.planes,
-        user_code=a.user_code,
-        resume=resume,
-        generation=generation,
-        eval_rows=a.eval_rows,
-        eval_sha256=a.eval_sha,
-    )
-    if a.live is not None:
-        a.live.ctx = ctx
-    a.last_ctx = ctx
-    default, limits = _limits(config)
-    fault = FaultPlan.from_env()
-    overlap = config.rl.async_rollouts if config.recipe == "rl" else None
-    if overlap is not None:
-        ctx.async_rollouts = AsyncRollouts(
-            ctx, overlap.max_staleness, a.journal, events=relay.attempt, limits=default, fault=fault
-        )
-
-    async def after_exit(state: State, facts: list[Fact]) -> None:
-        if ctx.async_rollouts is not None:
-            if state is State.WAITING:
-                ctx.async_rollouts.start(a.sample_rollouts)
-            ctx.async_rollouts.learner_moved()
-        rows = [dict(f.row) for f in facts if isinstance(f, StepCommitted | EvalCommitted)]
-        ledger = [f.to_json() for f in facts if f.kind in LEDGER_KINDS]
-        await asyncio.to_thread(rd.append, METRICS, rows)
-        await asyncio.to_thread(rd.append, LEDGER, ledger)
-        a.fanout.put(rows)  # never blocks: a full queue drops the row for that sink
-
-    recovery = config.recovery
-    watch = LivenessWatch(
-        a.planes,
-        lambda: (ctx.trainer_ref, ctx.deployment_ref),
-        LivenessLimits(every_s=recovery.health_every_s, unreachable_after_s=recovery.unreachable_after_s),
-    )
-    runner: Runner[RunContext] = Runner(
-        a.handlers,
-        a.journal,
-        decide=lambda state, c: c.schedule.after(state, c.counters),
-        events=relay.attempt,
-        limits=limits,
-        default_limits=default,
-        run_id=a.run_id,
-        after_exit=after_exit,
-        fault=fault,
-        liveness=watch.watch if recovery.health_every_s > 0 else None,
-    )
-    try:
-        await runner.run(ctx, INITIAL)
-        if ctx.async_rollouts is not None:
-            await ctx.async_rollouts.finish(default.stall_s)
-    finally:
-        if ctx.async_rollouts is not None:
-            await asyncio.shield(ctx.async_rollouts.stop())
-    return ctx
-
-
-def _budget(config: RunConfig) -> RecoveryBudget:
-    r = config.recovery
-    return RecoveryBudget(
-        enabled=r.enabled,
-        max_per_hour=r.max_per_hour,
-        max_consecutive=r.max_consecutive,
-        deadline_s=r.deadline_s,
-        backoff_s=r.backoff_s,
-    )
-
-
-async def _attempts(a: _Attempt, resume: Any, bus: EventBus) -> RunContext:
-    """Attempts until one finishes (returns its context) or the recovery policy gives up (raises).
-
-    Between two attempts the failed one's clients are closed, the policy's action is carried out
-    (engine.run.recovering) and the journal is replayed: the next attempt is a resumed generation."""
-    recoverer = Recoverer(a.planes, a.journal, bus, _budget(a.config), run_id=a.run_id)
-    high_water = resume.step
-    while True:
-        relay = EventRelay(bus)
-        a.last_ctx = None
-        try:
-            return await _run_attempt(a, resume, relay)
-        except Exception as exc:
-            ctx = a.last_ctx
-            error: BaseException = exc
-        if ctx is not None:
-            await asyncio.shield(ctx.close_clients(timeout_s=CLOSE_AFTER_FAILURE_S))
-        failed_step = error.step if isinstance(error, RunFailed) else high_water
-        known = resume.resources
-        end = AttemptEnd(
-            error,
-            (ctx.trainer_ref if ctx is not None else None) or (known.trainer if known else None),
-            (ctx.deployment_ref if ctx is not None else None) or (known.deployment if known else None),
-            progressed=failed_step > high_water,
-            generation=resume.generation + 1,
-        )
-        high_water = max(high_water, failed_step)
-        while True:
-            decision = await recoverer.decide(end)
-            if decision.action == "fail":
-                relay.give_up()
-                if not recoverer.journaled(decision):  # a plain failure: not the policy's to heal
-                    raise error
-                raise RecoveryFailed(decision) from error
-            try:
-                await recoverer.act(decision, end)
-                break
-            except Exception as act_error:  # the action failed: a failure like any other
-                log.warning("recovery action failed", action=decision.action, error=str(act_error))
-                end = AttemptEnd(act_error, end.trainer, end.deployment, False, end.generation)
-        resume = await asyncio.to_thread(a.rd.replay)
-        await asyncio.to_thread(a.rd.rebuild_derived, resume)
-
-
 async def _execute(
     given: RunConfig | None,
     run_dir: str | os.PathLike[str] | None,
@@ -304,7 +138,7 @@ async def _execute(
     connection: ControlPlaneConnection | None,
     planes: Planes | None,
     sinks: Sequence[MetricSink] = (),
-    live: _Live | None = None,
+    live: LiveView | None = None,
 ) -> RunSummary:
     started = time.monotonic()
     config, rd = await asyncio.to_thread(_prepare_dir, given, run_dir)
@@ -320,7 +154,7 @@ async def _execute(
     await asyncio.to_thread(rd.rebuild_derived, resume)
     journal = await asyncio.to_thread(Journal, rd.journal_path)  # may fsync: off the loop
     status, error, served = "failed", None, None
-    attempt: _Attempt | None = None
+    attempt: Attempt | None = None
     try:
         async with contextlib.AsyncExitStack() as stack:
             user_code = UserCode(task, config.user_code.executor, config.user_code.workers)
@@ -334,13 +168,13 @@ async def _execute(
                 planes = await open_planes(config, rd.path, stack, connection)
             # The state modules import tinker and torch (seconds, the first time): not on the loop.
             handlers, sample_rollouts = await asyncio.to_thread(_handlers)
-            attempt = _Attempt(
+            attempt = Attempt(
                 config, rd, run_id, task, eval_rows, eval_sha, planes, user_code, journal, fanout,
                 handlers, sample_rollouts, live,
             )  # fmt: skip
             ctx: RunContext | None = None
             try:
-                ctx = await _attempts(attempt, resume, bus)
+                ctx = await run_attempts(attempt, resume, bus)
                 status = "done"
             except asyncio.CancelledError:
                 status = "cancelled"
@@ -386,18 +220,6 @@ async def _write_report(rd: RunDir) -> None:
         log.warning("run report not written", run_dir=str(rd.path), error=f"{type(exc).__name__}: {exc}")
 
 
-def schedule_of(config: RunConfig) -> Schedule:
-    """The run's Schedule, from its intervals and recipe."""
-    return Schedule(
-        max_steps=config.max_steps,
-        sync_every=config.intervals.sync_every,
-        eval_every=config.intervals.eval_every,
-        checkpoint_every=config.intervals.checkpoint_every,
-        # async RL: the rollout machine samples, the learner never enters SAMPLING
-        needs_rollouts=config.recipe == "rl" and config.rl.async_rollouts is None,
-    )
-
-
 def _handlers() -> tuple[dict[State, Any], Any]:
     from states import handlers, rollout
 
@@ -407,10 +229,10 @@ def _handlers() -> tuple[dict[State, Any], Any]:
 class RunHandle:
     """A run in progress: watch it, cancel it, await its summary."""
 
-    def __init__(self, task: asyncio.Task[RunSummary], bus: EventBus, live: _Live | None = None) -> None:
+    def __init__(self, task: asyncio.Task[RunSummary], bus: EventBus, live: LiveView | None = None) -> None:
         self.task = task
         self.bus = bus
-        self._live = live or _Live()
+        self._live = live or LiveView()
 
     @property
     def concurrency_controller(self) -> ConcurrencyController | None:
@@ -453,7 +275,7 @@ def start(
     bus = EventBus()
     if on_event is not None:
         bus.add_callback(on_event)
-    live = _Live()
+    live = LiveView()
     task = asyncio.get_running_loop().create_task(
         _execute(cfg, run_dir, bus, connection, planes, sinks, live), name="hotloop-run"
     )

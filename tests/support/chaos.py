@@ -201,17 +201,20 @@ class FaultProxy:
                 return web.Response(status=599)
             out = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP}
             response = web.StreamResponse(status=upstream.status, headers=out)
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                if fault is not None and fault.kind == "truncate":
-                    await response.write(_cut(chunk))
+            try:
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    if fault is not None and fault.kind == "truncate":
+                        await response.write(_cut(chunk))
+                        _reset(request)
+                        return response
+                    await response.write(chunk)
+                if fault is not None and fault.kind == "truncate":  # an empty body: cut it at the end
                     _reset(request)
                     return response
-                await response.write(chunk)
-            if fault is not None and fault.kind == "truncate":  # an empty body: cut it at the end
-                _reset(request)
-                return response
-            await response.write_eof()
+                await response.write_eof()
+            except (ConnectionError, aiohttp.ClientConnectionResetError):
+                return response  # the client went away (it gave up on this attempt): not our fault
         self.forwarded += 1
         if 200 <= upstream.status < 300 and number:
             self._recovered(number)
