@@ -16,7 +16,7 @@ bounded by a ``RecoveryBudget`` (a value from the run config's ``recovery`` sect
     control_plane_unreachable   retry                   wait (backoff), new attempt
     connection                  retry                   a retry owner gave up: backoff, new attempt
     stalled                     retry                   a state stopped progressing
-    unknown                     retry, once             only after an attempt that committed a step
+    unknown                     retry, once             twice in a row without a new step: fail
     unrecoverable               fail                    config, journal, a reward that raised,
                                                         an illegal transition
 
@@ -189,10 +189,10 @@ def decide(
             f"recovery budget exhausted: {consecutive} attempts in a row committed no step "
             f"(recovery.max_consecutive: {budget.max_consecutive})",
         )
-    if failure.kind == "unknown" and consecutive > 0:
-        # An error of no known kind is retried only after an attempt that got somewhere: the same
-        # error again before any progress is taken to be deterministic.
-        return answer("fail", "an unclassified error, and the attempt committed no step: not retried")
+    if failure.kind == "unknown" and consecutive > 1:
+        # An error of no known kind is retried once (a request its client repeated after a lost answer,
+        # say); the same again before any step is committed is taken to be deterministic.
+        return answer("fail", "an unclassified error again, and no step committed since: not retried")
     delay = 0.0
     if action == "retry":
         delay = min(budget.backoff_s * 2.0 ** max(0, consecutive - 1), budget.max_backoff_s)

@@ -80,9 +80,11 @@ def test_attempts_that_commit_nothing_run_out_and_back_off() -> None:
     assert decide(failed("stalled"), history, now=4.0, progressed=False, budget=BUDGET).consecutive == 1
 
 
-def test_an_unknown_error_is_retried_only_after_progress() -> None:
+def test_an_unknown_error_is_retried_once_in_a_row() -> None:
     assert decide(failed("unknown"), [], now=0.0, progressed=True, budget=BUDGET).action == "retry"
-    again = decide(failed("unknown"), [], now=0.0, progressed=False, budget=BUDGET)
+    assert decide(failed("unknown"), [], now=0.0, progressed=False, budget=BUDGET).action == "retry"
+    history = [PastRecovery(0.0, "unknown", False)]
+    again = decide(failed("unknown"), history, now=1.0, progressed=False, budget=BUDGET)
     assert again.action == "fail" and "not retried" in again.reason
 
 

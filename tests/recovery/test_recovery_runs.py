@@ -142,5 +142,5 @@ async def test_an_unrecoverable_failure_is_not_recovered(tmp_path: Path) -> None
     p.trainer.session_steps_override = 9  # type: ignore[attr-defined]  # disagrees with the journal
     with pytest.raises(RunFailed, match="trainer reports 9 optimizer steps"):
         await run(config(tmp_path), planes=p)
-    # an unclassified error before any step was committed: not retried, the failure as it was
-    assert [r["action"] for r in recoveries(tmp_path / "run")] == ["fail"]
+    # an unclassified error: retried once, the same again with no step committed: the run fails
+    assert [r["action"] for r in recoveries(tmp_path / "run")] == ["retry", "fail"]
