@@ -8,8 +8,8 @@ the trainer and the deployment processes killed once each at seeded moments; the
 control plane killed; every network fault kind (reset, stall, truncate, 5xx, 429) on every plane
 (control-plane REST, trainer gateway, inference, hot-load) through fault-injecting proxies -- and,
 per fault kind x plane: injected, recovered, steps lost, steps repeated, mean seconds to recover (a
-proxy fault: until its plane answered a request that arrived after it; a kill: until the run
-committed a step beyond what it had then).
+proxy fault: until its plane answered a request that arrived after it; a kill: until the generation
+that recovered from it committed its first step).
 
 Soak: one run of ``--steps`` steps on a stack behind the proxies, with a fault every ``--every``
 steps (seeded jitter), rotating through a trainer kill, a burst of network faults on one plane, a
@@ -99,6 +99,8 @@ def report(result: ChaosResult, name: str) -> None:
         f"most repeated log line x{worst[0][0] if worst else 1}, {result.wall_s:.0f} s",
         flush=True,
     )
+    if worst:
+        print(f"  (that line: {worst[0][1][:200]})")
 
 
 async def table(seed: int, root: Path) -> None:

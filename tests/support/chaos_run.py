@@ -94,15 +94,20 @@ class ChaosResult:
         return len(self.rows) - len({r["step"] for r in self.rows})
 
     def recovered_in(self, strike: Strike) -> float | None:
-        """Seconds from the kill until the run committed a step beyond what it had then."""
+        """Seconds from the kill until the run trained again: the first step committed by the
+        generation that started after the kill (the kill's own recovery), else by any attempt."""
         if strike.killed_at is None:
             return None
+        restarted = any(r["event"] == "start" and r["t"] >= strike.killed_at for r in self.journal)
+        seen_start = not restarted
         for rec in self.journal:
-            if rec["event"] != "exit" or rec.get("t", 0) < strike.killed_at:
+            if rec.get("t", 0) < strike.killed_at:
                 continue
-            for fact in rec.get("records") or []:
-                if fact.get("kind") == "step" and fact["row"]["step"] > strike.committed_at_kill:
-                    return float(rec["t"]) - strike.killed_at
+            seen_start = seen_start or rec["event"] == "start"
+            if rec["event"] != "exit" or not seen_start:
+                continue
+            if any(fact.get("kind") == "step" for fact in rec.get("records") or []):
+                return float(rec["t"]) - strike.killed_at
         return None
 
     def steps_redone(self) -> int:
@@ -130,8 +135,8 @@ class TableRow:
 
 def fault_table(results: Sequence[ChaosResult]) -> list[TableRow]:
     """Fault kind x plane over every run. A proxy's fault is recovered once its plane answered a
-    request that arrived after it; a kill once the run committed a step beyond what it had at the
-    kill. Steps lost/repeated are those of the runs the faults were in."""
+    request that arrived after it; a kill once the generation that recovered from it committed a
+    step. Steps lost/repeated are those of the runs the faults were in."""
     groups: dict[tuple[str, str], list[tuple[bool, float | None, ChaosResult]]] = {}
     for result in results:
         done = result.rc == 0
@@ -223,6 +228,7 @@ async def chaos_run(
         for task in helpers:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
+    (run_dir.parent / f"{run_dir.name}.out").write_text(output)  # the run's own output, kept for a reader
     return ChaosResult(
         rc, output, run_dir, int(cfg["max_steps"]), time.monotonic() - started, list(strikes), injections()
     )
