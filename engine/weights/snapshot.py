@@ -1,7 +1,11 @@
 """The sampler snapshot format shared by the embedded trainer (writer) and deployment (reader).
 
 A bucket is a directory; each snapshot is ``BUCKET/<identity>/`` holding ``manifest.json`` and one
-payload file:
+payload file. An identity is a single string: a bare name (``snap-3``) or, for snapshots a trainer
+writes per training run, ``<run_id>/<name>`` -- the run's folder, then the name -- so two runs (or a
+resumed one) saving the same name never collide, and ``tinker://<run_id>/sampler_weights/<name>``
+maps to identity ``<run_id>/<name>`` one to one. Deployments load by identity either way.
+Payload files:
 
 * ``base``  -> ``weights.safetensors``: the full state dict (LoRA weights already merged).
 * ``delta`` -> ``delta.zst``: the child's bits against the parent snapshot's, byte-plane shuffled
@@ -47,6 +51,8 @@ DELTA_FILE = "delta.zst"
 SnapshotKind = Literal["base", "delta"]
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+# A training run id (tinker's ``<session>:train:<n>``): the first segment of a per-run identity.
+_RUN_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._\-]{0,200}$")
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -62,6 +68,25 @@ def check_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def check_identity(identity: str) -> str:
+    """A snapshot identity: a bare name, or ``<run_id>/<name>`` (see the module doc)."""
+    if not isinstance(identity, str):
+        raise SnapshotError(f"invalid snapshot name {identity!r}: not a string")
+    run, sep, name = identity.rpartition("/")
+    if sep and (not _RUN_SEGMENT.match(run) or ".." in run):
+        raise SnapshotError(
+            f"invalid snapshot name {identity!r}: the run segment before '/' must be 1-201 letters, "
+            "digits, ':', '.', '_' or '-'"
+        )
+    check_name(name)
+    return identity
+
+
+def run_identity(run_id: str, name: str) -> str:
+    """The identity of snapshot ``name`` of training run ``run_id``."""
+    return check_identity(f"{run_id}/{check_name(name)}")
 
 
 @dataclass(frozen=True)
@@ -194,11 +219,13 @@ def _delta_payload(
 
 
 def _commit(bucket: Path, manifest: Manifest, write_payload: Any) -> Path:
-    bucket.mkdir(parents=True, exist_ok=True)
-    target = bucket / manifest.identity
+    target = bucket / check_identity(manifest.identity)
+    target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         raise SnapshotError(f"snapshot {manifest.identity!r} already exists in {bucket}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{manifest.identity}.", dir=bucket))
+    # Staged beside the target (same folder, so the rename is atomic); a leading '.' hides it from
+    # listings, which skip names that are not valid snapshot names.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         write_payload(tmp / manifest.payload)
         payload = tmp / manifest.payload
@@ -221,7 +248,7 @@ def _commit(bucket: Path, manifest: Manifest, write_payload: Any) -> Path:
 
 def write_base(bucket: Path, identity: str, state: Mapping[str, torch.Tensor], base_model: str) -> Manifest:
     """Write a full snapshot. ``state`` must be the full (merged) state dict."""
-    check_name(identity)
+    check_identity(identity)
     start = time.perf_counter()
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     manifest = Manifest(
@@ -251,8 +278,8 @@ def write_delta(
     encoding: DeltaEncoding = "sub-xor",
 ) -> Manifest:
     """Write ``state`` as a delta against ``parent_state`` (the weights of ``parent_identity``)."""
-    check_name(identity)
-    check_name(parent_identity)
+    check_identity(identity)
+    check_identity(parent_identity)
     if _tensor_infos(state) != _tensor_infos(parent_state):
         raise SnapshotError(f"delta {identity!r}: tensor names, dtypes or shapes differ from the parent")
     start = time.perf_counter()
@@ -276,7 +303,7 @@ def write_delta(
 
 
 def read_manifest(bucket: Path, identity: str) -> Manifest:
-    path = Path(bucket) / check_name(identity) / MANIFEST
+    path = Path(bucket) / check_identity(identity) / MANIFEST
     if not path.exists():
         raise SnapshotError(f"snapshot {identity!r} not found in {bucket}")
     try:

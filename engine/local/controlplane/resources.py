@@ -221,17 +221,26 @@ def list_checkpoints(job: JobRecord) -> list[dict[str, Any]]:
                     )
                 )
     if job.bucket.is_dir():
-        for manifest in sorted(job.bucket.glob("*/manifest.json")):
+        # Bare identities (BUCKET/<name>) and the trainer's per-run ones (BUCKET/<run>/<name>).
+        manifests = [*job.bucket.glob("*/manifest.json"), *job.bucket.glob("*/*/manifest.json")]
+        for manifest in sorted(manifests):
             try:
                 kind = json.loads(manifest.read_text()).get("kind", "base")
             except (OSError, ValueError):
                 continue  # a snapshot being written or a foreign file: not a checkpoint yet
             delta = kind == "delta"
+            identity = manifest.parent.relative_to(job.bucket).as_posix()
+            run_id = identity.rpartition("/")[0]
             rows.append(
                 (
                     manifest.stat().st_mtime,
                     {
                         "name": f"{job.name}/checkpoints/{manifest.parent.name}",
+                        **(
+                            {"path": f"tinker://{run_id}/sampler_weights/{manifest.parent.name}"}
+                            if run_id
+                            else {}
+                        ),
                         "checkpointType": "CHECKPOINT_TYPE_INFERENCE_ARC_V2"
                         if delta
                         else (
@@ -240,7 +249,7 @@ def list_checkpoints(job: JobRecord) -> list[dict[str, Any]]:
                             else "CHECKPOINT_TYPE_INFERENCE_BASE"
                         ),
                         "promotable": not delta,
-                        "snapshotIdentity": manifest.parent.name,
+                        "snapshotIdentity": identity,
                     },
                 )
             )

@@ -19,7 +19,8 @@ from typing import Any
 import zstandard
 from aiohttp import web
 
-from engine.local.trainer import runs
+from engine.local.trainer import external, runs
+from engine.local.trainer.client_errors import client_errors
 from engine.local.trainer.config import TrainerBadRequest
 from engine.local.trainer.logs import LazyLogger
 from engine.local.trainer.proto import FwdBwdRequest, decode_forward_backward
@@ -39,8 +40,7 @@ def _error(status: int, message: str) -> web.Response:
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except TrainerBadRequest as exc:
-        log.info("bad_request", path=request.path, status=exc.status, error=str(exc))
+    except TrainerBadRequest as exc:  # logged by client_errors, with every other 4xx
         return _error(exc.status, str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
         limit = request.app[SERVICE].config.max_body_bytes
@@ -109,11 +109,13 @@ class Idempotency:
 
 def build_app(service: TrainerService) -> web.Application:
     app = web.Application(
-        client_max_size=service.config.max_body_bytes, middlewares=[errors, auth(service.config.api_key)]
+        client_max_size=service.config.max_body_bytes,
+        middlewares=[client_errors, errors, auth(service.config.api_key)],
     )
     app[SERVICE] = service
     idem = Idempotency()
     svc = service
+    signer = external.UrlSigner()
 
     def work(fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Handler:
         async def handler(request: web.Request) -> web.Response:
@@ -193,15 +195,42 @@ def build_app(service: TrainerService) -> web.Application:
     async def get_sampler(request: web.Request) -> web.Response:
         return web.json_response(svc.sampler.get(request.match_info["sampler_id"]))
 
+    # Run and checkpoint views read the disk: off the loop.
     async def training_run(request: web.Request) -> web.Response:
-        return web.json_response(runs.get_run(svc, request.match_info["run_id"]))
+        return web.json_response(await asyncio.to_thread(runs.get_run, svc, request.match_info["run_id"]))
 
     async def run_checkpoints(request: web.Request) -> web.Response:
-        return web.json_response(runs.list_checkpoints(svc, request.match_info["run_id"]))
+        listed = await asyncio.to_thread(runs.list_checkpoints, svc, request.match_info["run_id"])
+        return web.json_response(listed)
 
     async def delete_checkpoint(request: web.Request) -> web.Response:
         m = request.match_info
-        return web.json_response(runs.delete_checkpoint(svc, m["run_id"], m["kind"], m["name"]))
+        answer = await asyncio.to_thread(runs.delete_checkpoint, svc, m["run_id"], m["kind"], m["name"])
+        return web.json_response(answer)
+
+    async def checkpoint_ttl(request: web.Request) -> web.Response:
+        m, body = request.match_info, await _json(request)
+        answer = await asyncio.to_thread(runs.set_ttl, svc, m["run_id"], m["kind"], m["name"], body)
+        return web.json_response(answer)
+
+    async def external_urls(request: web.Request) -> web.Response:
+        m = request.match_info
+        root = external.export_dir(svc.state_dir, m["run_id"], m["name"])
+        origin = str(request.url.origin())
+        return web.json_response(await asyncio.to_thread(signer.urls, origin, root, m["run_id"], m["name"]))
+
+    async def external_file(request: web.Request) -> web.StreamResponse:
+        q = request.query
+        path = await asyncio.to_thread(
+            signer.resolve, svc.state_dir, request.match_info["path"], q.get("expires", ""), q.get("sig", "")
+        )
+        return web.FileResponse(path)
+
+    async def dynamic_config(request: web.Request) -> web.Response:
+        # No server-side sample cancels: abandoned samples finish and are dropped unread.
+        return web.json_response(
+            {"refresh_interval_sec": 300, "sample_cancel_enabled": False, "sample_cancel_max_batch_size": 64}
+        )
 
     async def hotloop_model(request: web.Request) -> web.Response:
         return web.json_response(svc.hotloop_model(request.match_info["model_id"]))
@@ -221,6 +250,7 @@ def build_app(service: TrainerService) -> web.Application:
 
     r = app.router
     r.add_post("/api/v1/client/config", static)
+    r.add_post("/api/v1/client/dynamic_config", dynamic_config)
     r.add_post("/api/v1/telemetry", static)
     r.add_get("/api/v1/healthz", static)
     r.add_get("/api/v1/get_server_capabilities", static)
@@ -234,6 +264,7 @@ def build_app(service: TrainerService) -> web.Application:
     r.add_post("/api/v1/save_weights", work(svc.save_weights))
     r.add_post("/api/v1/load_weights", work(svc.load_weights))
     r.add_post("/api/v1/save_weights_for_sampler", work(svc.save_weights_for_sampler))
+    r.add_post("/api/v1/save_weights_external", work(svc.save_weights_external))
     r.add_post("/api/v1/create_sampling_session", create_sampling_session)
     r.add_get("/api/v1/samplers/{sampler_id}", get_sampler)
     r.add_post("/api/v1/asample", work(svc.sampler.asample))
@@ -242,5 +273,11 @@ def build_app(service: TrainerService) -> web.Application:
     r.add_get("/api/v1/training_runs/{run_id}", training_run)
     r.add_get("/api/v1/training_runs/{run_id}/checkpoints", run_checkpoints)
     r.add_delete("/api/v1/training_runs/{run_id}/checkpoints/{kind}/{name}", delete_checkpoint)
+    r.add_put("/api/v1/training_runs/{run_id}/checkpoints/{kind}/{name}/ttl", checkpoint_ttl)
+    r.add_get(
+        "/api/v1/training_runs/{run_id}/checkpoints/external_weights/{name}/external_weights_urls",
+        external_urls,
+    )
+    r.add_get("/hotloop/files/{path:.+}", external_file)  # signed URLs: no API key
     app.cleanup_ctx.append(sweeper)
     return app

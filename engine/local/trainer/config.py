@@ -29,6 +29,9 @@ class TrainerConfig:
     # torch intra-op threads for this process (None: torch's default, one per core). One thread is
     # much faster for tiny models on a busy machine, where OpenMP spin-waits fight for the cores.
     torch_threads: int | None = None
+    # Other names this trainer answers to for its model (``--alias Qwen/Qwen3-8B``): a client asking
+    # for one gets this model, and sees the name it asked for echoed back (get_info, training runs).
+    aliases: tuple[str, ...] = ()
 
     @property
     def resolved_state_dir(self) -> Path:

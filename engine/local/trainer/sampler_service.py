@@ -17,7 +17,7 @@ from engine.local.trainer.futures import Outcome
 from engine.local.trainer.generation import ModuleCache, SamplingSession, sample
 from engine.local.trainer.models import ModelState
 from engine.local.trainer.ordering import run_guarded
-from engine.weights.snapshot import SnapshotError, materialize
+from engine.weights.snapshot import SnapshotError, materialize, run_identity
 
 if TYPE_CHECKING:
     from engine.local.trainer.service import ModelEntry, TrainerService
@@ -73,17 +73,17 @@ class SamplerService:
                 del self.sessions[sid]
                 self._ephemeral.pop(sid, None)
 
-    def _snapshot(self, name: str) -> dict[str, torch.Tensor]:
+    def _snapshot(self, identity: str) -> dict[str, torch.Tensor]:
         with self._lock:
-            if name in self._snapshots:
-                self._snapshots.move_to_end(name)
-                return self._snapshots[name]
+            if identity in self._snapshots:
+                self._snapshots.move_to_end(identity)
+                return self._snapshots[identity]
         try:
-            _, weights = materialize(self.service.config.bucket, name)
+            _, weights = materialize(self.service.config.bucket, identity)
         except SnapshotError as exc:
-            raise NotFound(f"sampler snapshot {name!r}: {exc}") from exc
+            raise NotFound(f"sampler snapshot {identity!r}: {exc}") from exc
         with self._lock:
-            self._snapshots[name] = weights
+            self._snapshots[identity] = weights
             while len(self._snapshots) > 4:
                 self._snapshots.popitem(last=False)
         return weights
@@ -102,8 +102,9 @@ class SamplerService:
                 )
             # Not on self.executor: behind up to MAX_PENDING_SAMPLES queued samples, the client's
             # create_sampling_session would time out. _snapshot is thread-safe (its cache is locked).
-            weights = await asyncio.to_thread(self._snapshot, tp.name)
-            key = f"snapshot:{tp.name}"
+            identity = run_identity(tp.run_id, tp.name)  # snapshots are kept per run
+            weights = await asyncio.to_thread(self._snapshot, identity)
+            key = f"snapshot:{identity}"
         else:
             self.service.check_base_model(body.get("base_model"))
         s = SamplingSession(
