@@ -54,8 +54,8 @@ def test_cispo_weights_logprobs_by_the_detached_clipped_ratio() -> None:
     loss, _ = cispo(logp, inputs, {"clip_high_threshold": 1.2})
     loss.backward()
     assert logp.grad is not None and logp.grad.tolist() == pytest.approx([-1.2 * 3.0])
-    with pytest.raises(TrainerBadRequest, match="'dro' is not supported"):
-        get_loss("dro")
+    with pytest.raises(TrainerBadRequest, match="'ppo_v9' is not supported"):
+        get_loss("ppo_v9")
     with pytest.raises(TrainerBadRequest, match="needs loss_fn_inputs"):
         cispo(logp, {"logprobs": torch.tensor([-1.0])}, {})
 

@@ -17,6 +17,8 @@ from engine.local.trainer.futures import Outcome
 from engine.local.trainer.generation import ModuleCache, SamplingSession, sample
 from engine.local.trainer.models import ModelState
 from engine.local.trainer.ordering import run_guarded
+from engine.local.trainer.proto import SampledOut
+from engine.local.trainer.provenance import StabilityRecords
 from engine.weights.snapshot import SnapshotError, materialize, run_identity
 
 if TYPE_CHECKING:
@@ -41,6 +43,8 @@ class SamplerService:
         self._lock = threading.Lock()
         self._ephemeral: OrderedDict[str, None] = OrderedDict()
         self.pending = 0
+        # What samples with record_stability_info recorded, for stable_reinforce (see provenance).
+        self.records = StabilityRecords()
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -72,6 +76,7 @@ class SamplerService:
             for sid in [k for k, v in self.sessions.items() if v.session_id == session_id]:
                 del self.sessions[sid]
                 self._ephemeral.pop(sid, None)
+        self.records.drop_session(session_id)
 
     def _snapshot(self, identity: str) -> dict[str, torch.Tensor]:
         with self._lock:
@@ -141,10 +146,17 @@ class SamplerService:
         if self.pending >= MAX_PENDING_SAMPLES:
             raise Backpressure(f"{self.pending} samples pending; retry later")
         rid = svc.store.create("sample")
+        sequence_ids = [f"{rid}:{i}" for i in range(p.num_samples)]
+        record = None
+        if body.get("record_stability_info"):
+
+            def record(seqs: list[SampledOut]) -> None:
+                for sequence_id, seq in zip(sequence_ids, seqs, strict=True):
+                    self.records.put(sequence_id, s.session_id, prompt, seq.tokens, seq.logprobs)
 
         def run() -> Outcome:
             module = self.modules.get(s.weights_key, s.weights)
-            return Outcome(proto=sample(module, prompt, p, svc.tokenizer))
+            return Outcome(proto=sample(module, prompt, p, svc.tokenizer, record))
 
         async def go() -> None:
             try:
@@ -158,4 +170,4 @@ class SamplerService:
         # slip past the bound.
         self.pending += 1
         svc.background(go())
-        return {"request_id": rid, "sample_sequence_ids": [f"{rid}:{i}" for i in range(p.num_samples)]}
+        return {"request_id": rid, "sample_sequence_ids": sequence_ids}

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.local.trainer import checkpoints, external, params
+from engine.local.trainer import checkpoints, external, params, provenance
 from engine.local.trainer.config import Gone, NotFound, TrainerBadRequest, TrainerConfig
 from engine.local.trainer.futures import FutureStore, Outcome
 from engine.local.trainer.logs import LazyLogger
-from engine.local.trainer.losses import get_loss
+from engine.local.trainer.losses import NEEDS_STABILITY_RECORDS, get_loss
 from engine.local.trainer.metadata import parse_user_metadata, read_run_record, write_run_record
 from engine.local.trainer.models import LoraSpec, ModelState, build_module, check_tokens
 from engine.local.trainer.ordering import OrderedQueue, run_guarded
@@ -252,6 +252,11 @@ class TrainerService:
         get_loss(req.loss_fn)
         # Token ranges are the base model's, the same for every model of this trainer.
         check_tokens(req.data, self.vocab_size, self.max_length)
+        if req.loss_fn in NEEDS_STABILITY_RECORDS:
+            # Fails fast (a 400 naming the datum) on a span the records do not back.
+            recorded = provenance.resolve(req.data, self.sampler.records, entry.session_id, req.loss_fn)
+            for d, extra in zip(req.data, recorded, strict=True):
+                d.inputs.update(extra)
         kind = "forward" if req.forward_only else "forward_backward"
 
         def run(state: ModelState) -> Outcome:
