@@ -16,13 +16,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--startup-timeout", type=float, default=300.0, help="seconds a child may take to print its URL line"
     )
+    parser.add_argument(
+        "--alias",
+        action="append",
+        default=[],
+        metavar="NAME[=MODEL]",
+        help="serve MODEL (default: --model) to jobs and deployments whose base model is NAME (repeatable)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     import asyncio
+    import sys
     import tempfile
     from pathlib import Path
 
+    from engine.local.aliases import AliasError, parse_aliases
+
+    try:
+        args.aliases = parse_aliases(args.alias, args.model)
+    except AliasError as exc:
+        print(f"hotloop up: {exc}", file=sys.stderr)
+        return 2
     root = Path(args.state_dir or tempfile.mkdtemp(prefix="hotloop-stack-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return asyncio.run(serve(args, root))
@@ -43,7 +58,9 @@ async def serve(args: argparse.Namespace, root: Path) -> int:
 
     log = get_logger("controlplane.cli")
     api_key = "hl-" + secrets.token_urlsafe(24)
-    plane = ControlPlane(root, default_model=args.model, startup_timeout_s=args.startup_timeout)
+    plane = ControlPlane(
+        root, default_model=args.model, aliases=args.aliases, startup_timeout_s=args.startup_timeout
+    )
     plane.restore()
     atexit.register(plane.kill_all_now)  # last resort if the loop dies without the clean path below
     runner = web.AppRunner(build_app(plane, api_key), handle_signals=False, access_log=None)

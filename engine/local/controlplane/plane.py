@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,14 @@ class ControlPlane:
         root: Path,
         *,
         default_model: str | None = None,
+        aliases: Mapping[str, str] | None = None,
         startup_timeout_s: float = 300.0,
         python: str = sys.executable,
         child_argv: Callable[[str, list[str]], list[str]] | None = None,
     ) -> None:
         self.root = root
         self.default_model = default_model
+        self.aliases = dict(aliases or {})
         self.startup_timeout_s = startup_timeout_s
         self.python = python
         # (kind, args) -> argv; tests swap in a stand-in server, the default runs `hotloop serve <kind>`.
@@ -117,7 +119,9 @@ class ControlPlane:
         training = body.get("trainingConfig")
         if not isinstance(training, dict):
             raise ApiError(400, "trainingConfig: required object with at least baseModel")
-        model = local_model(training.get("baseModel"), "trainingConfig.baseModel", self.default_model)
+        model = local_model(
+            training.get("baseModel"), "trainingConfig.baseModel", self.default_model, self.aliases
+        )
         lora_rank = parse_int(
             training, "loraRank", "trainingConfig.loraRank", default=0, lo=0, hi=MAX_LORA_RANK
         )
@@ -159,6 +163,7 @@ class ControlPlane:
                 str(job.bucket),
                 "--state-dir",
                 str(job.state_dir),
+                *_alias_args(job),
             ],
         )
         child = Child(
@@ -258,7 +263,7 @@ class ControlPlane:
         check_id(deployment_id, "deploymentId")
         if deployment_id in self.deployments:
             return 409, self.deployments[deployment_id]
-        model = local_model(body.get("baseModel"), "baseModel", self.default_model)
+        model = local_model(body.get("baseModel"), "baseModel", self.default_model, self.aliases)
         self._check_deployment_body(body)
         dep_dir = self.root / "deployments" / deployment_id
         bucket = self._linked_bucket(body, model, "hotLoadTrainerJob") or dep_dir / "bucket"
@@ -361,6 +366,13 @@ class ControlPlane:
         dep.url = None
         if self.deployments.get(dep.deployment_id) is dep:  # hard delete: the id can be reused
             del self.deployments[dep.deployment_id]
+
+
+def _alias_args(job: JobRecord) -> list[str]:
+    """The trainer answers to the base model name the job was created with (a client sends that
+    name to create_model), when it is not the local model's own name."""
+    asked = job.body.get("trainingConfig", {}).get("baseModel")
+    return ["--alias", asked] if isinstance(asked, str) and asked != job.model else []
 
 
 PLANE: web.AppKey[ControlPlane] = web.AppKey("plane", ControlPlane)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,14 +49,20 @@ def check_id(value: Any, field_name: str) -> str:
     return value
 
 
-def local_model(base_model: Any, field_name: str, default_model: str | None) -> str:
-    """Map a base model name to what the embedded processes load: an embedded model name
-    (tiny, small), a local HF directory, or ``accounts/x/models/<name>`` of one; anything else
-    falls back to the stack's ``--model`` when one was given."""
+def local_model(
+    base_model: Any, field_name: str, default_model: str | None, aliases: Mapping[str, str] | None = None
+) -> str:
+    """Map a base model name to what the embedded processes load: an alias (``hotloop up --alias
+    NAME=MODEL``), an embedded model name (tiny, small), a local HF directory, or
+    ``accounts/x/models/<name>`` of one; anything else falls back to the stack's ``--model`` when
+    one was given."""
     if not isinstance(base_model, str) or not base_model.strip():
         raise ApiError(400, f"{field_name}: required (a model name such as 'tiny')")
     match = _MODEL_RESOURCE.match(base_model)
     short = match.group(1) if match else base_model
+    for name in (base_model, short):
+        if aliases and name in aliases:
+            return local_model(aliases[name], f"{field_name} (alias {name!r})", None)
     if short in SPECS:
         return short
     if Path(base_model).is_dir():

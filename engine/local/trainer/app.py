@@ -165,18 +165,12 @@ def build_app(service: TrainerService) -> web.Application:
         if path == "healthz":
             return web.json_response({"status": "ok"})
         if path == "get_server_capabilities":
-            return web.json_response(
-                {
-                    "supported_models": [
-                        {
-                            "model_name": svc.config.model,
-                            "max_context_length": svc.max_length,
-                            "trainable": True,
-                            "sampleable": True,
-                        }
-                    ]
-                }
-            )
+            # One entry per name served (the model, then its aliases); tokenizer_id is hotloop's
+            # extension: the local directory holding this model's tokenizer.
+            names = [svc.config.model, *svc.config.aliases]
+            entry = {"max_context_length": svc.max_length, "trainable": True, "sampleable": True}
+            models = [{"model_name": n, **entry, "tokenizer_id": str(svc.base_path)} for n in names]
+            return web.json_response({"supported_models": models})
         if path == "client/config":
             # Stay on the client's simple paths: no JWT exchange, no session pollers, no joins.
             return web.json_response(
