@@ -23,6 +23,7 @@ async def main() -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--bucket", required=True)
     parser.add_argument("--state-dir", default=None)
+    parser.add_argument("--alias", action="append", default=[])
     args = parser.parse_args()
     if os.environ.get("STANDIN_FAIL_START"):
         print("stand-in: refusing to start (STANDIN_FAIL_START set)", file=sys.stderr, flush=True)
