@@ -197,3 +197,18 @@ def test_stable_reinforce_trains_on_what_the_sampler_recorded(trainer: ServerThr
                 fresh.forward_backward([datum], "stable_reinforce").result()
     finally:
         svc.close("success").result()
+
+
+def test_stability_records_are_bounded_by_tokens_and_expire() -> None:
+    from engine.local.trainer.provenance import StabilityRecords
+
+    records = StabilityRecords(max_tokens=10, ttl_s=60.0)
+    four = np.arange(4)
+    for sid in ("a", "b", "c"):
+        records.put(sid, "session", [1, 2], four, four.astype(np.float32))
+    assert records.get("a") is None and len(records) == 2  # 12 tokens > 10: the oldest went
+    got = records.get("b")
+    assert got is not None and got.prompt_length == 2 and got.tokens.tolist() == [0, 1, 2, 3]
+    assert records.get("c", now=got.last_used + 61.0) is None  # a day (here a minute) unused
+    records.drop_session("session")
+    assert len(records) == 0

@@ -33,6 +33,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: cores)")
     parser.add_argument("--poll-timeout", type=float, default=25.0, help="retrieve_future long-poll seconds")
     parser.add_argument(
+        "--sample-batch-rows",
+        type=int,
+        default=32,
+        help="most sequences sampled together in one batch (1: one request at a time)",
+    )
+    parser.add_argument(
         "--alias",
         action="append",
         default=[],
@@ -65,6 +71,7 @@ async def _serve(args: argparse.Namespace) -> int:
         poll_timeout_s=args.poll_timeout,
         torch_threads=args.threads,
         aliases=tuple(aliases),
+        sample_batch_rows=max(1, args.sample_batch_rows),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

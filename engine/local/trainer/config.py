@@ -32,6 +32,9 @@ class TrainerConfig:
     # Other names this trainer answers to for its model (``--alias Qwen/Qwen3-8B``): a client asking
     # for one gets this model, and sees the name it asked for echoed back (get_info, training runs).
     aliases: tuple[str, ...] = ()
+    # Most sequences one batched generation runs (sample requests on the same weights are batched
+    # together); 1 serves them one at a time.
+    sample_batch_rows: int = 32
 
     @property
     def resolved_state_dir(self) -> Path:

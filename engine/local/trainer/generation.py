@@ -52,6 +52,8 @@ class SampleParams:
 def parse_stop(stop: Any, eos_id: int) -> tuple[frozenset[int], tuple[str, ...]]:
     if stop is None:
         return frozenset({eos_id}), ()
+    if isinstance(stop, list) and not stop:  # Tinker: [] disables every stop, EOS included
+        return frozenset(), ()
     if isinstance(stop, str):
         return frozenset({eos_id}), (stop,)
     if isinstance(stop, list) and all(isinstance(s, str) for s in stop):

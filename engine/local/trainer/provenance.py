@@ -6,9 +6,9 @@ field tile it: their lengths add up to its length. ``stable_reinforce`` needs th
 ``loss_fn_inputs`` so it can use what the sampler recorded for each sampled target token.
 
 Records: a sample request with ``record_stability_info`` stores, per returned ``sequence_id``, the
-prompt, the sampled tokens and their logprobs as the sampler computed them. Records belong to the
-session that sampled them and stay trainable for a day after their last use (Tinker's rule), in a
-bounded store (oldest dropped first).
+prompt's length, the sampled tokens and their logprobs as the sampler computed them. Records belong
+to the session that sampled them and stay trainable for a day after their last use (Tinker's rule),
+in a store bounded by its total sampled tokens (least recently used dropped first: ~12 bytes each).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from engine.local.trainer.config import TrainerBadRequest
 
 SpanKind = Literal["prompt", "sampled"]
 RECORD_TTL_S = 24 * 3600.0
-MAX_RECORDS = 200_000
+MAX_RECORDED_TOKENS = 8_000_000
 # Extra loss inputs the resolver adds (leading '_': never a client's key).
 RECORDED_LOGPROBS = "_recorded_logprobs"
 SAMPLED_MASK = "_sampled_mask"
@@ -69,7 +69,7 @@ def decode_spans(spans: Any, where: str, expected: int) -> list[Span] | None:
 @dataclass
 class Record:
     session_id: str
-    prompt: np.ndarray  # int64
+    prompt_length: int
     tokens: np.ndarray  # int64
     logprobs: np.ndarray  # float32
     last_used: float
@@ -78,9 +78,10 @@ class Record:
 class StabilityRecords:
     """sequence_id -> Record; written on the sampling thread, read on model threads (locked)."""
 
-    def __init__(self, capacity: int = MAX_RECORDS, ttl_s: float = RECORD_TTL_S) -> None:
+    def __init__(self, max_tokens: int = MAX_RECORDED_TOKENS, ttl_s: float = RECORD_TTL_S) -> None:
         self._records: OrderedDict[str, Record] = OrderedDict()
-        self._capacity = capacity
+        self._max_tokens = max_tokens
+        self._tokens = 0
         self._ttl_s = ttl_s
         self._lock = threading.Lock()
 
@@ -97,16 +98,22 @@ class StabilityRecords:
     ) -> None:
         record = Record(
             session_id,
-            np.asarray(prompt, np.int64),
+            len(prompt),
             np.asarray(tokens, np.int64),
             np.asarray(logprobs, np.float32),
             time.monotonic(),
         )
         with self._lock:
+            self._drop(sequence_id)
             self._records[sequence_id] = record
-            self._records.move_to_end(sequence_id)
-            while len(self._records) > self._capacity:
-                self._records.popitem(last=False)
+            self._tokens += record.tokens.size
+            while self._tokens > self._max_tokens and len(self._records) > 1:
+                self._drop(next(iter(self._records)))
+
+    def _drop(self, sequence_id: str) -> None:
+        old = self._records.pop(sequence_id, None)
+        if old is not None:
+            self._tokens -= old.tokens.size
 
     def get(self, sequence_id: str, now: float | None = None) -> Record | None:
         now = time.monotonic() if now is None else now
@@ -115,7 +122,7 @@ class StabilityRecords:
             if record is None:
                 return None
             if now - record.last_used > self._ttl_s:
-                del self._records[sequence_id]
+                self._drop(sequence_id)
                 return None
             record.last_used = now  # each training use restarts the day
             self._records.move_to_end(sequence_id)
@@ -124,7 +131,7 @@ class StabilityRecords:
     def drop_session(self, session_id: str) -> None:
         with self._lock:
             for sid in [k for k, r in self._records.items() if r.session_id == session_id]:
-                del self._records[sid]
+                self._drop(sid)
 
 
 def resolve(
@@ -158,17 +165,17 @@ def resolve(
                 raise TrainerBadRequest(
                     f"{where}: sequence_id {span.sequence_id!r} was sampled in another session"
                 )
-            source = record.tokens if span.kind == "sampled" else record.prompt
+            size = record.tokens.size if span.kind == "sampled" else record.prompt_length
             end = span.offset + span.length
-            if end > source.size:
+            if end > size:
                 raise TrainerBadRequest(
-                    f"{where}: positions [{span.offset}, {end}) are past the {source.size} {span.kind} "
+                    f"{where}: positions [{span.offset}, {end}) are past the {size} {span.kind} "
                     f"tokens of sequence {span.sequence_id!r}"
                 )
             # Sampled targets must be the recorded tokens. Prompt positions are not compared: they
             # carry no advantage, and clients pad them (rl_loop sends target 0 there).
             if span.kind == "sampled" and not np.array_equal(
-                targets[pos : pos + span.length], source[span.offset : end]
+                targets[pos : pos + span.length], record.tokens[span.offset : end]
             ):
                 raise TrainerBadRequest(
                     f"{where}: target_tokens differ from the {span.kind} tokens of sequence "

@@ -7,16 +7,18 @@ import threading
 import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engine.local.trainer import checkpoints, params
+from engine.local.trainer.batched_generation import SampleJob, batchable, sample_many
 from engine.local.trainer.config import NotFound, TrainerBadRequest
 from engine.local.trainer.futures import Outcome
 from engine.local.trainer.generation import ModuleCache, SamplingSession, sample
+from engine.local.trainer.logs import LazyLogger
 from engine.local.trainer.models import ModelState
-from engine.local.trainer.ordering import run_guarded
 from engine.local.trainer.proto import SampledOut
 from engine.local.trainer.provenance import StabilityRecords
 from engine.weights.snapshot import SnapshotError, materialize, run_identity
@@ -24,13 +26,22 @@ from engine.weights.snapshot import SnapshotError, materialize, run_identity
 if TYPE_CHECKING:
     from engine.local.trainer.service import ModelEntry, TrainerService
 
+log = LazyLogger("trainer.sampler")
 MAX_PENDING_SAMPLES = 512
+BATCH_GATHER_S = 0.005
 # Each ephemeral sampling session pins a full copy of the weights; keep the most recent ones.
 MAX_EPHEMERAL_SESSIONS = 32
 
 
 class Backpressure(TrainerBadRequest):
     status = 429
+
+
+@dataclass(frozen=True)
+class _Queued:
+    request_id: str
+    session: SamplingSession
+    job: SampleJob
 
 
 class SamplerService:
@@ -45,6 +56,9 @@ class SamplerService:
         self.pending = 0
         # What samples with record_stability_info recorded, for stable_reinforce (see provenance).
         self.records = StabilityRecords()
+        # Admitted sample requests not yet running (loop-confined), drained in batches.
+        self._queue: list[_Queued] = []
+        self._draining = False
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -154,20 +168,65 @@ class SamplerService:
                 for sequence_id, seq in zip(sequence_ids, seqs, strict=True):
                     self.records.put(sequence_id, s.session_id, prompt, seq.tokens, seq.logprobs)
 
-        def run() -> Outcome:
-            module = self.modules.get(s.weights_key, s.weights)
-            return Outcome(proto=sample(module, prompt, p, svc.tokenizer, record))
-
-        async def go() -> None:
-            try:
-                loop = asyncio.get_running_loop()
-                outcome = await loop.run_in_executor(self.executor, run_guarded(run, "sample"))
-            finally:
-                self.pending -= 1
-            svc.store.resolve(rid, outcome)
-
-        # Counted at admission, not when the task first runs: a burst in one loop turn must not
-        # slip past the bound.
+        # Counted at admission, not when it first runs: a burst in one loop turn must not slip past
+        # the bound.
         self.pending += 1
-        svc.background(go())
+        self._queue.append(_Queued(rid, s, SampleJob(prompt, p, record)))
+        if not self._draining:
+            self._draining = True
+            svc.background(self._drain())
         return {"request_id": rid, "sample_sequence_ids": sequence_ids}
+
+    def _next_batch(self) -> list[_Queued]:
+        """Loop-confined: the oldest request, plus queued ones on the same weights up to the row cap."""
+        first = self._queue[0]
+        batch, rows = [first], first.job.params.num_samples
+        cap = self.service.config.sample_batch_rows
+        if cap > 1 and batchable(first.job.params):
+            for item in self._queue[1:]:
+                n = item.job.params.num_samples
+                same = item.session.weights_key == first.session.weights_key
+                if same and batchable(item.job.params) and rows + n <= cap:
+                    batch.append(item)
+                    rows += n
+        taken = {id(item) for item in batch}
+        self._queue = [item for item in self._queue if id(item) not in taken]
+        return batch
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                lone = len(self._queue) == 1 and batchable(self._queue[0].job.params)
+                if lone and self.service.config.sample_batch_rows > 1:
+                    # A rollout loop's requests arrive as a burst over many connections: give the
+                    # rest of it a moment to join the first batch (a lone request waits 5 ms).
+                    await asyncio.sleep(BATCH_GATHER_S)
+                batch = self._next_batch()
+                try:
+                    outcomes = await loop.run_in_executor(self.executor, self._run_batch, batch)
+                finally:
+                    self.pending -= len(batch)
+                for item, outcome in zip(batch, outcomes, strict=True):
+                    self.service.store.resolve(item.request_id, outcome)
+        finally:
+            self._draining = False
+
+    def _run_batch(self, batch: list[_Queued]) -> list[Outcome]:
+        """Blocking (sampling thread): one outcome per request; a failure fails the whole batch."""
+        svc = self.service
+        session = batch[0].session
+
+        def run() -> list[Outcome]:
+            module = self.modules.get(session.weights_key, session.weights)
+            if len(batch) == 1 and (svc.config.sample_batch_rows == 1 or not batchable(batch[0].job.params)):
+                job = batch[0].job
+                return [Outcome(proto=sample(module, job.prompt, job.params, svc.tokenizer, job.record))]
+            answers = sample_many(module, [item.job for item in batch], svc.tokenizer, svc.pad_id)
+            return [Outcome(proto=a) for a in answers]
+
+        try:
+            return run()
+        except Exception as exc:  # a bug must fail these requests, not the sampler
+            log.exception("sample_failed", requests=len(batch))
+            return [Outcome.error(f"sample failed: {type(exc).__name__}: {exc}", "server") for _ in batch]

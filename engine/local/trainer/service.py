@@ -68,6 +68,8 @@ class TrainerService:
         self.vocab_size = int(base.config.vocab_size)
         self.max_length = int(base.config.max_position_embeddings)
         self.eos_id = int(tokenizer.eos_token_id) if tokenizer.eos_token_id is not None else 2
+        # Left padding of batched sampling (masked out, so any id works; the tokenizer's if it has one).
+        self.pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else 0
         self.store = FutureStore(config.future_ttl_s, config.delivered_grace_s)
         self.sessions: dict[str, Session] = {}
         self.models: dict[str, ModelEntry] = {}
