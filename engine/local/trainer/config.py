@@ -35,6 +35,9 @@ class TrainerConfig:
     # Most sequences one batched generation runs (sample requests on the same weights are batched
     # together); 1 serves them one at a time.
     sample_batch_rows: int = 32
+    # Activation budget of one forward_backward micro-batch: a request over it is split into groups of
+    # datums whose gradients accumulate (exact: every loss is a sum over datums). See ``microbatch``.
+    microbatch_mb: int = 1024
 
     @property
     def resolved_state_dir(self) -> Path:

@@ -177,6 +177,7 @@ class TrainerService:
             module=build_module(self.base, lora),
             vocab_size=self.vocab_size,
             max_length=self.max_length,
+            microbatch_bytes=self.config.microbatch_mb << 20,
         )
         entry.state = state
         return state
