@@ -28,16 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tinker
 
-from engine.api import run
-from engine.control import DeploymentManager, TrainerJobManager
+from engine.backends.fireworks import DeploymentManager, TrainerJobManager
+from engine.backends.tinker import TrainingSession
 from engine.journal import read_journal
 from engine.lifecycle import LifecycleEvent, State
-from engine.lifecycle.context import Connection
+from engine.local.models import load_tokenizer
 from engine.log import configure
 from engine.recipes import rl
 from engine.recipes.tasks import load_task
+from engine.run.offload import UserCode
+from engine.run.orchestrator import run
+from engine.run.planes import ControlPlaneConnection
 from engine.sampling import AdaptiveConcurrencyController, DeploymentSampler
-from engine.training import TrainingSession
 from engine.weights import WeightSyncer
 
 PROMPTS, GROUP, MAX_TOKENS, LR = 2, 4, 4, 1e-3
@@ -59,7 +61,7 @@ def config(run_dir: Path, steps: int, model: str) -> dict[str, object]:
 OUTSIDE: list[float] = []  # per engine round: fraction of the loop's wall time spent outside states
 
 
-async def engine_round(conn: Connection, root: Path, steps: int, model: str, index: int) -> float:
+async def engine_round(conn: ControlPlaneConnection, root: Path, steps: int, model: str, index: int) -> float:
     marks: dict[str, float] = {}
 
     def on_event(event: LifecycleEvent) -> None:
@@ -84,9 +86,10 @@ async def engine_round(conn: Connection, root: Path, steps: int, model: str, ind
     return wall
 
 
-async def plain_round(conn: Connection, steps: int, model: str) -> float:
+async def plain_round(conn: ControlPlaneConnection, steps: int, model: str) -> float:
     """The same calls, hand-written: what a user would write without the engine."""
     task = load_task("digits")
+    user = UserCode(task)  # rewards and tokenization off the loop, as the engine does
     async with (
         TrainerJobManager(conn.api_key, conn.base_url) as tmgr,
         DeploymentManager(conn.api_key, conn.base_url) as dmgr,
@@ -95,7 +98,9 @@ async def plain_round(conn: Connection, steps: int, model: str) -> float:
         await dmgr.resolve_account_id()
         endpoint = await tmgr.wait_for_ready("bench-trainer", poll_interval_s=0.25)
         await dmgr.wait_for_ready("bench-serving", poll_interval_s=0.25)
-        session = await TrainingSession.connect(endpoint.base_url, conn.api_key, model, 0)
+        session = await TrainingSession.connect(
+            endpoint.base_url, conn.api_key, model, 0, tokenizer_loader=load_tokenizer
+        )
         syncer = WeightSyncer(
             session, dmgr, "bench-serving", model, hotload_timeout_s=300, poll_interval_s=0.1
         )
@@ -116,7 +121,7 @@ async def plain_round(conn: Connection, steps: int, model: str) -> float:
             started = time.perf_counter()
             for step in range(1, steps + 1):
                 batch = await rl.collect(
-                    sampler, session.tokenizer, task, step=step, seed=0, prompts_per_step=PROMPTS,
+                    sampler, session.tokenizer, task, user, step=step, seed=0, prompts_per_step=PROMPTS,
                     group_size=GROUP, max_tokens=MAX_TOKENS, temperature=1.0, policy_version=step - 1,
                     beat=lambda _: None,
                 )  # fmt: skip
@@ -127,12 +132,11 @@ async def plain_round(conn: Connection, steps: int, model: str) -> float:
                 )
                 await session.optim_step(adam)
                 await session.save_state(f"plain-{step:06d}")
-                await session.trainer_info()
                 snap = await syncer.save_only(f"step-{step:06d}")
                 await syncer.hotload(snap.snapshot_name, snap.checkpoint_type)
-                await syncer.check_deployment_state()
             return time.perf_counter() - started
         finally:
+            user.close()
             await sampler.close()
             await session.close()
 
@@ -149,7 +153,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         root = Path(tmp)
         async with EmbeddedStack(root / "stack") as stack:
-            conn = Connection(stack.base_url, stack.api_key, stack.account_id)
+            conn = ControlPlaneConnection(stack.base_url, stack.api_key, stack.account_id)
             await engine_round(conn, root, 1, args.model, -1)  # creates the job + deployment, warms up
             plain: list[float] = []
             engine: list[float] = []

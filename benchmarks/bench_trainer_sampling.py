@@ -23,8 +23,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support
 
-from engine.local.launch import TRAINER_URL_KEY, launched, serve_argv
+from support.launch import TRAINER_URL_KEY, launched, serve_argv
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,9 @@ _API = ("run", "start", "resume", "RunHandle", "RunSummary")
 
 def __getattr__(name: str) -> object:
     if name in _API:
-        from engine import api
+        from engine.run import orchestrator
 
-        return getattr(api, name)
+        return getattr(orchestrator, name)
     if name == "RunConfig":
         from engine.config import RunConfig
 

@@ -1,8 +1,10 @@
-"""The `hotloop` command. Each subcommand lives next to what it drives and is imported lazily,
-so `hotloop --help` stays fast and a broken optional part never breaks the others.
+"""hotloop: run, resume and serve research training loops of language models.
 
-A subcommand module exposes ``configure(parser: argparse.ArgumentParser) -> None`` and
+Each subcommand lives next to what it drives and is imported lazily, so `hotloop --help` stays fast
+and a broken optional part never breaks the others. A subcommand is a module (or ``module:NAME``, an
+object in it) with ``configure(parser: argparse.ArgumentParser) -> None`` and
 ``main(args: argparse.Namespace) -> int``; heavy imports (torch, transformers) go inside ``main``.
+This command is the only place that configures logging.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from engine import log
 
 # (command path, module, help)
 SUBCOMMANDS: list[tuple[tuple[str, ...], str, str]] = [
-    (("run",), "engine.runner_cli", "run an experiment (the demo when no config is given)"),
-    (("resume",), "engine.runner_cli_resume", "resume an unfinished run directory"),
+    (("run",), "engine.run.commands:RUN", "run an experiment (the demo when no config is given)"),
+    (("resume",), "engine.run.commands:RESUME", "resume an unfinished run directory"),
     (("up",), "engine.local.controlplane.cli", "start the embedded control plane"),
     (("serve", "trainer"), "engine.local.trainer.cli", "start the embedded trainer service"),
     (("serve", "deployment"), "engine.local.deployment.cli", "start the embedded deployment server"),
@@ -28,7 +31,7 @@ SUBCOMMANDS: list[tuple[tuple[str, ...], str, str]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hotloop", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="hotloop", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--log-format", choices=["console", "json"], default=None)
     parser.add_argument("--log-level", default=None)
     top = parser.add_subparsers(dest="command", required=True)
@@ -43,12 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
             sub = groups[path[0]].add_parser(path[1], help=help_text)
         sub.set_defaults(_module=module_name)
         try:
-            module = importlib.import_module(module_name)
+            command = _command(module_name)
         except ImportError as exc:  # a part not built yet must not break the rest of the CLI
             sub.set_defaults(_import_error=str(exc))
             continue
-        module.configure(sub)
+        command.configure(sub)
     return parser
+
+
+def _command(ref: str) -> Any:
+    module_name, _, attr = ref.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr) if attr else module
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,9 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "_import_error", None):
         print(f"hotloop: {args._module} is unavailable: {args._import_error}", file=sys.stderr)
         return 2
-    module = importlib.import_module(args._module)
     try:
-        return int(module.main(args) or 0)
+        return int(_command(args._module).main(args) or 0)
     except KeyboardInterrupt:
         return 130
 

@@ -27,6 +27,26 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http(s) URL, got {value!r}")
+    return value.rstrip("/") if value else value
+
+
+def _check_env_name(value: str | None) -> str | None:
+    if value is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+        raise ValueError(f"must be an environment variable name, got {value!r}")
+    return value
+
+
+def read_env(name: str, what: str) -> str:
+    """The value of environment variable ``name`` now (never stored in a config or logged)."""
+    value = os.environ.get(name, "")
+    if not value:
+        raise ConfigError(f"{what}: environment variable {name} is not set")
+    return value
+
+
 class Intervals(_Model):
     """In optimizer steps. The last step always checkpoints, syncs and (if evaluating) evaluates."""
 
@@ -69,7 +89,7 @@ class SamplingConfig(_Model):
 
 
 class BackendConfig(_Model):
-    """Where the trainer and deployment come from.
+    """The Fireworks-shaped control plane, for the planes whose kind is ``control_plane``.
 
     ``embedded``: the command starts the embedded stack (``hotloop up``) under the run directory and
     stops it at the end. ``remote``: an existing control plane (Fireworks or ``hotloop up``) at
@@ -87,16 +107,12 @@ class BackendConfig(_Model):
     @field_validator("base_url", "inference_url", "hotload_api_url", "trainer_gateway_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s) URL, got {value!r}")
-        return value.rstrip("/") if value else value
+        return _check_url(value)
 
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
-            raise ValueError(f"must be an environment variable name, got {value!r}")
-        return value
+        return str(_check_env_name(value))
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> BackendConfig:
@@ -106,10 +122,105 @@ class BackendConfig(_Model):
 
     def api_key(self) -> str:
         """Read the key now (never stored in the config or logged)."""
-        key = os.environ.get(self.api_key_env, "")
-        if not key:
-            raise ConfigError(f"backend.api_key_env: environment variable {self.api_key_env} is not set")
-        return key
+        return read_env(self.api_key_env, "backend.api_key_env")
+
+
+class _ServerAddress(_Model):
+    """Where a server is: ``base_url``, or the URL in the environment variable ``url_env``; its key
+    in the environment variable ``api_key_env`` (read when the run connects, never stored)."""
+
+    base_url: str | None = None
+    url_env: str | None = None
+    api_key_env: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return _check_url(value)
+
+    @field_validator("url_env", "api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        return _check_env_name(value)
+
+    def url(self, where: str) -> str:
+        """The server's URL now (``where`` names the config section in errors)."""
+        if self.base_url:
+            return self.base_url
+        if self.url_env:
+            value = read_env(self.url_env, f"{where}.url_env").rstrip("/")
+            if not value.startswith(("http://", "https://")):
+                raise ConfigError(f"{where}.url_env: {self.url_env} must hold an http(s) URL, got {value!r}")
+            return value
+        raise ConfigError(f"{where}: needs base_url or url_env")
+
+    def api_key(self, where: str) -> str | None:
+        return read_env(self.api_key_env, f"{where}.api_key_env") if self.api_key_env else None
+
+
+class TrainerPlaneConfig(_ServerAddress):
+    """Which trainer backend the run drives.
+
+    ``control_plane``: a trainer job on the Fireworks-shaped control plane named by ``backend`` (the
+    embedded stack by default, or Fireworks / a remote ``hotloop up``). ``tinker``: a Tinker service at
+    ``base_url`` (or the URL in ``url_env``) with the key in ``api_key_env``; there are no jobs to
+    create.
+    """
+
+    kind: Literal["control_plane", "tinker"] = "control_plane"
+    api_key_env: str | None = "TINKER_API_KEY"
+
+    @model_validator(mode="after")
+    def _tinker_needs_url(self) -> TrainerPlaneConfig:
+        if self.kind == "tinker" and not (self.base_url or self.url_env):
+            raise ValueError("a tinker trainer needs base_url or url_env")
+        return self
+
+
+class VllmLaunchConfig(_Model):
+    """Let hotloop start vLLM (``python -m vllm.entrypoints.openai.api_server``) under its supervisor,
+    serving the run's model."""
+
+    python: str | None = Field(
+        default=None,
+        description="vLLM's own venv python; default: $HOTLOOP_VLLM_PYTHON, .venv-vllm, /opt/vllm-venv",
+    )
+    dtype: str = Field(default="float32", min_length=1, description="float32 agrees with the trainer's fp32")
+    max_model_len: int = Field(default=1024, ge=16)
+    kv_cache_gib: int = Field(default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on a CPU build")
+    args: list[str] = Field(default_factory=list, description="extra server arguments")
+    startup_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class DeploymentPlaneConfig(_ServerAddress):
+    """Which deployment backend the run drives.
+
+    ``control_plane``: a deployment on the control plane named by ``backend``, hot-loaded through its
+    hot-load API. ``vllm``: a vLLM server, attached at ``base_url`` (or the URL in ``url_env``), or
+    started by hotloop (``launch``); weights are reloaded from snapshot files, so the trainer must
+    expose them locally (an embedded trainer does).
+    """
+
+    kind: Literal["control_plane", "vllm"] = "control_plane"
+    served_model_name: str | None = Field(default=None, description="default: the run's model name")
+    launch: VllmLaunchConfig | None = None
+
+    @model_validator(mode="after")
+    def _vllm_needs_a_server(self) -> DeploymentPlaneConfig:
+        if (
+            self.kind == "vllm"
+            and sum(x is not None for x in (self.base_url, self.url_env, self.launch)) != 1
+        ):
+            raise ValueError("a vllm deployment needs exactly one of base_url, url_env or launch")
+        return self
+
+
+class UserCodeConfig(_Model):
+    """Where user code (reward functions) runs: never on the event loop. ``thread`` suits rewards that
+    wait or release the GIL; ``process`` suits CPU-heavy rewards (they must be importable functions)."""
+
+    executor: Literal["thread", "process"] = "thread"
+    workers: int = Field(default=4, ge=1, le=64)
 
 
 class Limits(_Model):
@@ -135,6 +246,9 @@ class RunConfig(_Model):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
+    trainer: TrainerPlaneConfig = Field(default_factory=TrainerPlaneConfig)
+    deployment: DeploymentPlaneConfig = Field(default_factory=DeploymentPlaneConfig)
+    user_code: UserCodeConfig = Field(default_factory=UserCodeConfig)
     limits: Limits = Field(default_factory=Limits)
     keep_resources: bool = Field(
         default=True,

@@ -1,8 +1,13 @@
-"""structlog, configured once for the whole process.
+"""structlog on top of the standard library's logging: a library that configures nothing.
 
-Every hotloop module logs through ``engine.log.get_logger``. ``configure`` is idempotent; the CLI
-calls it with the user's choice of renderer, a library user may call it or configure structlog
-themselves. A redaction processor runs before rendering so secrets never reach a sink.
+Every hotloop module logs through ``engine.log.get_logger``. Its events go to the stdlib logger
+``hotloop.<name>`` after a redaction processor has blanked secrets, so a host application that embeds
+hotloop sees them through its own logging configuration (handlers, levels, structlog's
+``ProcessorFormatter``) and nothing global is touched at import: not structlog's configuration, not
+the root logger. Only ``configure`` -- called by the ``hotloop`` command, or by a host that wants
+hotloop's renderers -- attaches a handler, and only to the ``hotloop`` logger. A clipping
+processor after the redaction bounds every value, so a request's payload echoed into a field or an
+exception message cannot turn one log line into megabytes.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import re
 import sys
 from collections.abc import MutableMapping
+from itertools import islice
 from typing import Any
 
 import structlog
@@ -24,22 +30,11 @@ _SECRET_KEYS = re.compile(
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._\-]+", re.IGNORECASE)
 _KEYISH = re.compile(r"\b(tml-|fw_|sk-|hl-)[A-Za-z0-9._\-]{6,}")
 REDACTED = "***"
-
-_configured = False
-
-
-class _StderrLogger:
-    """Writes each rendered line to the *current* sys.stderr (pytest and daemons swap it), never stdout:
-    stdout belongs to machine-readable lines such as a server's URL."""
-
-    def msg(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    log = debug = info = warn = warning = error = critical = exception = fatal = failure = msg
-
-
-def _stderr_logger_factory(*_args: Any) -> _StderrLogger:
-    return _StderrLogger()
+ROOT = "hotloop"
+# Longest string a log field keeps (tracebacks get more room); containers keep their first items.
+MAX_FIELD_CHARS = 1000
+MAX_EXCEPTION_CHARS = 8000
+MAX_ITEMS = 20
 
 
 def _redact_value(value: Any) -> Any:
@@ -64,9 +59,88 @@ def redact_secrets(
     return event_dict
 
 
+def truncate(text: str, limit: int = MAX_FIELD_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was dropped."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[{len(text) - limit} more chars]"
+
+
+def _clipped(value: Any, limit: int, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return truncate(value, limit)
+    if isinstance(value, bytes | bytearray):
+        return f"<{len(value)} bytes>"
+    if depth >= 4 and isinstance(value, dict | list | tuple | set | frozenset):
+        return f"<{type(value).__name__} of {len(value)}>"
+    if isinstance(value, dict):
+        out = {str(k)[:100]: _clipped(v, limit, depth + 1) for k, v in islice(value.items(), MAX_ITEMS)}
+        if len(value) > MAX_ITEMS:
+            out["..."] = f"{len(value) - MAX_ITEMS} more"
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        kept = [_clipped(v, limit, depth + 1) for v in islice(value, MAX_ITEMS)]
+        return [*kept, f"...{len(value) - MAX_ITEMS} more"] if len(value) > MAX_ITEMS else kept
+    return value
+
+
+def clip(value: Any, limit: int = 200) -> str:
+    """A bounded ``repr`` of a (possibly huge, user-supplied) value, for messages and log fields.
+    Only the first ``limit`` characters and ``MAX_ITEMS`` items are ever looked at."""
+    return truncate(repr(_clipped(value, limit)), limit + 40)
+
+
+def clip_values(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: bound every field (strings, containers, rendered tracebacks)."""
+    for key in list(event_dict):
+        limit = MAX_EXCEPTION_CHARS if key in ("exception", "event") else MAX_FIELD_CHARS
+        event_dict[key] = _clipped(event_dict[key], limit)
+    return event_dict
+
+
+# The chain every hotloop event passes before it becomes a stdlib LogRecord. Tracebacks are rendered
+# to text first, so the redaction covers exception messages too.
+_PROCESSORS: list[Any] = [
+    structlog.stdlib.filter_by_level,
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    structlog.processors.format_exc_info,
+    redact_secrets,
+    clip_values,
+    structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+]
+
+
+def get_logger(name: str, **bound: Any) -> Any:
+    """A logger bound to a component name; its events reach the stdlib logger ``hotloop.<name>``."""
+    stdlib = logging.getLogger(f"{ROOT}.{name}")
+    logger = structlog.wrap_logger(
+        stdlib,
+        processors=_PROCESSORS,
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    return logger.bind(component=name, **bound)
+
+
+class _CurrentStderr(logging.Handler):
+    """Writes each line to the *current* sys.stderr (pytest and daemons swap it), never stdout: stdout
+    belongs to machine-readable lines such as a server's URL."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:  # a broken stderr must not break the caller
+            self.handleError(record)
+
+
 def configure(renderer: str | None = None, level: str | None = None) -> None:
-    """Configure structlog once. renderer: "console" or "json" (default from HOTLOOP_LOG_FORMAT)."""
-    global _configured
+    """Render hotloop's events to stderr (idempotent). renderer: "console" or "json" (default from
+    HOTLOOP_LOG_FORMAT); level from HOTLOOP_LOG_LEVEL, default INFO. Touches only the ``hotloop``
+    logger."""
     renderer = renderer or os.environ.get("HOTLOOP_LOG_FORMAT", "console")
     level_name = (level or os.environ.get("HOTLOOP_LOG_LEVEL", "INFO")).upper()
     if renderer not in ("console", "json"):
@@ -76,25 +150,15 @@ def configure(renderer: str | None = None, level: str | None = None) -> None:
         if renderer == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            # Tracebacks are rendered to text first, so the redaction covers exception messages too.
-            structlog.processors.format_exc_info,
-            redact_secrets,
-            final,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, logging.INFO)),
-        logger_factory=_stderr_logger_factory,
-        cache_logger_on_first_use=False,
+    handler = _CurrentStderr()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, final]
+        )
     )
-    _configured = True
-
-
-def get_logger(name: str, **bound: Any) -> Any:
-    """A structlog logger bound to a component name (configures defaults if nobody has yet)."""
-    if not _configured:
-        configure()
-    return structlog.get_logger(name).bind(component=name, **bound)
+    root = logging.getLogger(ROOT)
+    for old in [h for h in root.handlers if isinstance(h, _CurrentStderr)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level_name, logging.INFO))
+    root.propagate = False

@@ -1,6 +1,9 @@
-"""One module per lifecycle state; each exports one coroutine ``run(ctx: RunContext) -> State``.
+"""One module per lifecycle state; each exports one coroutine ``run(ctx: RunContext) -> None``.
 
-``HANDLERS`` maps every non-terminal state to its coroutine, for the Runner.
+A state does its work, records what it learned (engine.run.records) and moves the counters; the
+Runner asks the Schedule what comes next. States reach trainers and deployments only through the
+backends seam (engine.backends.base): a test reads these modules and fails on an import of a
+concrete backend.
 """
 
 from __future__ import annotations

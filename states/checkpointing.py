@@ -8,31 +8,29 @@ the deployment holds.
 
 from __future__ import annotations
 
-from engine.lifecycle.context import RunContext
-from engine.lifecycle.table import State
+from engine.run.context import RunContext
+from engine.run.records import SnapshotSaved, StateSaved
 
 
-async def run(ctx: RunContext) -> State:
-    c, sched = ctx.counters, ctx.schedule
-    if sched.state_due(c):
-        path = await ctx.session.save_state(f"state-{c.step:06d}-g{ctx.generation}")
+async def run(ctx: RunContext) -> None:
+    c = ctx.counters
+    session = ctx.live_session()
+    save_state, save_snapshot = ctx.schedule.saves_due(c)
+    if save_state:
+        path = await session.save_state(f"state-{c.step:06d}-g{ctx.generation}")
         ctx.beat("training state saved")
-        info = await ctx.session.trainer_info()
-        optimizer_steps = int(info["optimizer_steps"]) if info else ctx.session.policy_version
-        ctx.record("state", step=c.step, path=path, optimizer_steps=optimizer_steps)
-        c = c.replace(state_step=c.step)
-    if sched.sync_due(c) and c.snapshot_step < c.step:
-        snap = await ctx.syncer.save_only(f"step-{c.step:06d}")
+        ctx.record(StateSaved(c.step, path, session.optimizer_steps))
+    if save_snapshot:
+        snap = await ctx.live_syncer().save_only(f"step-{c.step:06d}")
         ctx.beat("sampler snapshot saved")
         ctx.snapshot = snap
         ctx.record(
-            "snapshot",
-            step=c.step,
-            identity=snap.snapshot_name,
-            checkpoint_type=snap.checkpoint_type,
-            parent=snap.parent_snapshot_identity,
-            size_bytes=snap.size_bytes,
+            SnapshotSaved(
+                c.step,
+                snap.snapshot_name,
+                snap.checkpoint_type,
+                snap.parent_snapshot_identity,
+                snap.size_bytes,
+            )
         )
-        c = c.replace(snapshot_step=c.step)
-    ctx.counters = c
-    return sched.next(c)
+    ctx.counters = c.checkpointed(state=save_state, snapshot=save_snapshot)

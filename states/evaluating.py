@@ -1,7 +1,7 @@
 """EVALUATING: score the stored eval prompt set through the deployment, on the verified snapshot.
 
 The row carries the sha256 of the stored prompt set (``eval_prompts.jsonl`` in the run directory)
-and the snapshot identity every completion reported.
+and the snapshot identity every completion was generated with (checked like SAMPLING's).
 """
 
 from __future__ import annotations
@@ -9,41 +9,38 @@ from __future__ import annotations
 import asyncio
 import time
 
-from engine.errors import FatalError
-from engine.lifecycle.context import RunContext
-from engine.lifecycle.table import State
 from engine.recipes.rl import prompt_tokens, visible_text
-from engine.recipes.tasks import score
-from states._util import first_error
+from engine.run.context import RunContext
+from engine.run.records import EvalCommitted
+from states._util import first_error, verify_identities
 
 
-async def run(ctx: RunContext) -> State:
-    cfg, c, task = ctx.config, ctx.counters, ctx.require_task()
+async def run(ctx: RunContext) -> None:
+    cfg, c = ctx.config, ctx.counters
+    sampler, tokenizer = ctx.live_sampler(), ctx.tokenizer
     started = time.monotonic()
+    reported: list[str | None] = []
 
     async def one(prompt: str) -> list[float]:
-        completions = await ctx.sampler.sample_with_prompt_tokens(
-            prompt_tokens(ctx.tokenizer, prompt),
+        ids = await ctx.user_code.in_thread(prompt_tokens, tokenizer, prompt)
+        completions = await sampler.sample_with_prompt_tokens(
+            ids,
             n=cfg.eval.samples_per_prompt,
             max_tokens=cfg.eval.max_tokens,
             temperature=cfg.eval.temperature,
         )
-        for comp in completions:
-            if comp.snapshot_identity != ctx.served_identity:
-                raise FatalError(
-                    f"eval sample came from snapshot {comp.snapshot_identity!r}, "
-                    f"expected the verified {ctx.served_identity!r}"
-                )
+        reported.extend(comp.snapshot_identity for comp in completions)
+        texts = [visible_text(tokenizer, comp.completion_tokens) for comp in completions]
+        scores = await ctx.user_code.rewards([(prompt, t) for t in texts])
         ctx.beat("eval prompt scored")
-        return [
-            score(task, prompt, visible_text(ctx.tokenizer, comp.completion_tokens)) for comp in completions
-        ]
+        return scores
 
     try:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(one(row["prompt"])) for row in ctx.eval_rows]
     except BaseExceptionGroup as group:
         raise first_error(group) from group
+    await verify_identities(ctx, reported, what="eval samples")
     scores = [s for t in tasks for s in t.result()]
     value = sum(scores) / max(1, len(scores))
     row = {
@@ -55,7 +52,5 @@ async def run(ctx: RunContext) -> State:
         "snapshot_identity": ctx.served_identity,
         "eval_s": round(time.monotonic() - started, 4),
     }
-    ctx.stats.update(eval_score=value)
-    ctx.record("eval", row=row)
-    ctx.counters = c.replace(evaluated_step=c.step)
-    return ctx.schedule.next(ctx.counters)
+    ctx.record(EvalCommitted(row))
+    ctx.counters = c.evaluated()

@@ -1,72 +1,65 @@
 """WAITING: wait for the trainer and the deployment at the same time, then connect.
 
-A fresh run creates a model on the trainer; a resumed run reconnects to its job and restores the
-last committed full training state with its optimizer, checking the trainer's optimizer step
-counter against the journal. Then the deployment's served identity is read back: if it is not what
-the journal committed for the restored step, the run owes a sync before sampling or evaluating.
+A fresh run opens a new model on the trainer; a resumed run re-attaches to its trainer (which may have
+been lost meanwhile) and restores the last committed full training state with its optimizer, checking
+the trainer's optimizer step counter against the journal. Then the deployment's served identity is
+read back: if it is not what the journal committed for the restored step, the run owes a sync before
+sampling or evaluating.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from engine.backends.base import RestorePoint
 from engine.errors import FatalError
-from engine.lifecycle.context import RunContext
 from engine.lifecycle.schedule import Counters
-from engine.lifecycle.table import State
-from engine.sampling import AdaptiveConcurrencyController, DeploymentSampler, FixedConcurrencyController
-from engine.sampling import RetryPolicy as SamplingRetryPolicy
-from engine.training import TrainingSession
-from engine.weights import WeightSyncer
+from engine.run.context import RunContext
+from engine.run.records import Connected
+from engine.sampling import AdaptiveConcurrencyController, FixedConcurrencyController, SamplingRetryPolicy
+from engine.weights.syncer import WeightSyncer
 from states._util import first_error
+from states.requesting import trainer_spec
 
 
-async def run(ctx: RunContext) -> State:
-    cfg, conn, resume = ctx.config, ctx.require_connection(), ctx.resume
+async def run(ctx: RunContext) -> None:
+    cfg, resume = ctx.config, ctx.resume
+    assert ctx.trainer_ref is not None and ctx.deployment_ref is not None, "REQUESTING must run first"
     ready = cfg.limits.ready_timeout_s
-    wait_trainer = (
-        ctx.trainer_mgr.reconnect_and_wait(ctx.job_id, timeout_s=ready, poll_interval_s=0.25)
-        if resume.started
-        else ctx.trainer_mgr.wait_for_ready(ctx.job_id, ctx.job_name, timeout_s=ready, poll_interval_s=0.25)
-    )
     try:
         async with asyncio.TaskGroup() as tg:
-            trainer = tg.create_task(wait_trainer)
-            tg.create_task(
-                ctx.deploy_mgr.wait_for_ready(ctx.deployment_id, timeout_s=ready, poll_interval_s=0.25)
+            trainer = tg.create_task(
+                ctx.trainer.wait_ready(ctx.trainer_ref, reattach=resume.started, timeout_s=ready)
             )
+            deployment = tg.create_task(ctx.deployment.wait_ready(ctx.deployment_ref, timeout_s=ready))
     except BaseExceptionGroup as group:
         raise first_error(group) from group
-    ctx.endpoint = trainer.result()
+    ctx.trainer_ref, ctx.deployment_ref = trainer.result(), deployment.result()
     ctx.beat("trainer and deployment ready")
 
-    if resume.state_path:
-        ctx.session = await TrainingSession.from_state(
-            ctx.endpoint.base_url, conn.api_key, resume.state_path, with_optimizer=True
-        )
-    else:
-        ctx.session = await TrainingSession.connect(
-            ctx.endpoint.base_url, conn.api_key, cfg.model, cfg.lora_rank
-        )
+    restore = RestorePoint(resume.state_path, resume.optimizer_steps) if resume.state_path else None
+    session = ctx.session = await ctx.trainer.open_session(ctx.trainer_ref, trainer_spec(ctx), restore)
     ctx.beat("training session connected")
-    info = await ctx.session.trainer_info()
-    if info is not None and int(info.get("optimizer_steps", -1)) != resume.step:
+    if session.optimizer_steps != resume.step:
         raise FatalError(
-            f"trainer reports {info.get('optimizer_steps')} optimizer steps for the restored state, "
+            f"trainer reports {session.optimizer_steps} optimizer steps for the restored state, "
             f"the journal committed {resume.step} (state {resume.state_path or 'base model'})"
         )
-    ctx.tokenizer = ctx.session.tokenizer
+    ctx.hot_loader = ctx.deployment.hot_loader(
+        ctx.deployment_ref,
+        ctx.trainer.snapshot_store(ctx.trainer_ref),
+        timeout_s=cfg.limits.stall_s,
+        poll_interval_s=0.1,
+    )
     ctx.syncer = WeightSyncer(
-        ctx.session,
-        ctx.deploy_mgr,
-        ctx.deployment_id,
-        cfg.model,
+        session,
+        ctx.hot_loader,
+        ctx.deployment_ref.resource_id,
         hotload_timeout_s=cfg.limits.stall_s,
         full_every=cfg.intervals.full_snapshot_every,
         poll_interval_s=0.1,
     )
-    served = await ctx.syncer.check_deployment_state()
-    ctx.served_identity = served
+    served = ctx.served_identity = await ctx.syncer.check_deployment_state()
     ctx.beat("deployment identity read back")
     # Without a committed sync at the restored step, only an untouched deployment (base weights) at
     # step 0 is known to serve the restored policy.
@@ -78,22 +71,11 @@ async def run(ctx: RunContext) -> State:
         if cfg.sampling.controller == "fixed"
         else AdaptiveConcurrencyController(initial_window=cfg.sampling.window)
     )
-    ctx.sampler = DeploymentSampler(
-        ctx.deploy_mgr.inference_url,
-        ctx.deploy_mgr.model_name(ctx.deployment_id),
-        conn.api_key,
-        tokenizer=ctx.tokenizer,
-        concurrency_controller=controller,
+    ctx.sampler = ctx.deployment.sampler(
+        ctx.deployment_ref,
+        tokenizer=session.tokenizer,
+        controller=controller,
         retry_policy=SamplingRetryPolicy(attempt_timeout_s=cfg.sampling.request_timeout_s),
     )
-    s = resume.step
-    ctx.counters = Counters(
-        step=s,
-        state_step=s,
-        snapshot_step=-1,
-        synced_step=s if in_step else -1,
-        evaluated_step=resume.evaluated_step,
-        force_sync=not in_step,
-    )
-    ctx.record("connected", step=s, served_identity=served, in_step=in_step, model_id=ctx.session.model_id)
-    return ctx.schedule.next(ctx.counters)
+    ctx.counters = Counters.restored(resume.step, resume.evaluated_step, serves_restored_step=in_step)
+    ctx.record(Connected(resume.step, served, in_step, session.model_id))

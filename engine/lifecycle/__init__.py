@@ -1,12 +1,17 @@
-"""The lifecycle: states, the transition table, the Schedule and the Runner (see each module)."""
+"""The lifecycle machine: states, the transition table, the Schedule and the Runner (see each module).
+
+Generic: it knows nothing of configs, recipes, backends or run directories (engine.run builds a run on
+top of it; a test reads the imports and fails on an upward one).
+"""
 
 from engine.lifecycle.events import EventBus, LifecycleEvent
 from engine.lifecycle.runner import (
+    Fact,
     FaultPlan,
     LifecycleContext,
-    Progress,
     RunFailed,
     Runner,
+    StallWatch,
     StateLimits,
 )
 from engine.lifecycle.schedule import Counters, Schedule
@@ -27,14 +32,15 @@ __all__ = [
     "WORK_STATES",
     "Counters",
     "EventBus",
+    "Fact",
     "FaultPlan",
     "IllegalTransition",
     "LifecycleContext",
     "LifecycleEvent",
-    "Progress",
     "RunFailed",
     "Runner",
     "Schedule",
+    "StallWatch",
     "State",
     "StateLimits",
     "check_transition",

@@ -32,7 +32,7 @@ class LifecycleEvent:
     run_id: str = ""
     next_state: State | None = None
     seconds: float | None = None  # time spent in the state (exit events)
-    record: dict[str, Any] = field(default_factory=dict)  # kind "record": what the state recorded
+    record: Any = None  # kind "record": the fact the state recorded (engine.run.records)
     error: str | None = None
     time: float = field(default_factory=time.time)
 

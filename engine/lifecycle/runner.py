@@ -1,15 +1,17 @@
 """The Runner: drives the lifecycle states on one event loop.
 
-For each state it journals the entry, runs the state's coroutine under a bound, checks the
-successor the coroutine proposes against the transition table, and journals the exit together
-with what the state recorded (a committed step's metrics row, a saved checkpoint, a sync...). The
-exit record is the unit of commitment: a fact a state recorded counts only once its exit record is
-on disk, so a process killed inside a state loses that state's work and a resumed run redoes it.
+For each state it journals the entry, runs the state's coroutine under a bound, asks ``decide`` (the
+Schedule, in a run) for the successor, checks it against the transition table, and journals the exit
+together with the facts the state recorded (a committed step's metrics row, a saved checkpoint, a
+sync...). States do their work and record facts; they never choose their successor, so the Schedule
+is the one decision and the table its check. The exit record is the unit of commitment: a fact a state
+recorded counts only once its exit record is on disk, so a process killed inside a state loses that
+state's work and a resumed run redoes it.
 
 Bounds: every state runs under ``asyncio.timeout``. The deadline starts at ``stall_s`` and moves
-forward each time the state reports progress (``ctx.progress.beat(where)``), never past
-``timeout_s`` after entry. A state that stops making progress fails with ``StuckError`` saying which
-state, for how long, and the last thing it reported.
+forward each time the state reports progress (``ctx.beat(where)``), never past ``timeout_s`` after
+entry. A state that stops making progress fails with ``StuckError`` saying which state, for how
+long, and the last thing it reported.
 
 Fault injection for crash tests: ``HOTLOOP_FAULT=kill:STATE[@STEP][:enter|:exit]`` makes the
 process SIGKILL itself right after journaling the entry of STATE (``enter``), or once the state's
@@ -24,7 +26,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from engine.errors import FatalError, StuckError
 from engine.journal import Record
@@ -40,14 +42,22 @@ class JournalLike(Protocol):
     async def append(self, record: Record) -> Record: ...
 
 
+class Fact(Protocol):
+    """Something a state learned that the journal commits with its exit (engine.run.records)."""
+
+    kind: ClassVar[str]
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class StateLimits:
     timeout_s: float = 3600.0  # hard bound on one visit to the state
     stall_s: float = 600.0  # bound on the time between two progress reports
 
 
-class Progress:
-    """Handed to a running state; ``beat`` pushes its stall deadline forward."""
+class StallWatch:
+    """The bound of one visit to a state; ``beat`` pushes its stall deadline forward."""
 
     def __init__(self, state: State, limits: StateLimits) -> None:
         self.state = state
@@ -84,23 +94,24 @@ class Progress:
 
 @dataclass
 class LifecycleContext:
-    """What the Runner needs from a run's context; recipes subclass it with their resources."""
+    """What the Runner needs from a run's context; a run subclasses it with its resources."""
 
     counters: Counters = field(default_factory=Counters)
-    progress: Progress | None = None
-    records: list[Record] = field(default_factory=list)
+    watch: StallWatch | None = None
+    facts: list[Fact] = field(default_factory=list)
 
-    def record(self, kind: str, **data: Any) -> None:
+    def record(self, fact: Fact) -> None:
         """Note a fact to commit with this state's exit record (it is lost if the state fails)."""
-        self.records.append({"kind": kind, **data})
+        self.facts.append(fact)
 
     def beat(self, where: str) -> None:
-        if self.progress is not None:
-            self.progress.beat(where)
+        if self.watch is not None:
+            self.watch.beat(where)
 
 
 Ctx = TypeVar("Ctx", bound=LifecycleContext)
-StateFn = Callable[[Ctx], Awaitable[State]]
+StateFn = Callable[[Ctx], Awaitable[None]]
+Decide = Callable[[State, Ctx], State]
 
 
 class RunFailed(FatalError):
@@ -154,14 +165,16 @@ class Runner(Generic[Ctx]):
         handlers: Mapping[State, StateFn[Ctx]],
         journal: JournalLike,
         *,
+        decide: Decide[Ctx],
         events: EventBus | None = None,
         limits: Mapping[State, StateLimits] | None = None,
         default_limits: StateLimits = StateLimits(),
         run_id: str = "",
-        after_exit: Callable[[State, list[Record]], Awaitable[None]] | None = None,
+        after_exit: Callable[[State, list[Fact]], Awaitable[None]] | None = None,
         fault: FaultPlan | None = None,
     ) -> None:
         self.handlers = handlers
+        self.decide = decide
         self.journal = journal
         self.events = events or EventBus()
         self.limits = dict(limits or {})
@@ -178,20 +191,20 @@ class Runner(Generic[Ctx]):
         handler = self.handlers.get(state)
         if handler is None:
             raise FatalError(f"no coroutine registered for lifecycle state {state.name}")
-        progress = Progress(state, self.limits.get(state, self.default_limits))
-        ctx.progress = progress
+        watch = StallWatch(state, self.limits.get(state, self.default_limits))
+        ctx.watch = watch
         try:
             # deadline() is an absolute loop time: timeout_at, not timeout (which takes a delay).
-            async with asyncio.timeout_at(progress.deadline()) as cm:
-                progress.bind(cm)
-                proposed = await handler(ctx)
+            async with asyncio.timeout_at(watch.deadline()) as cm:
+                watch.bind(cm)
+                await handler(ctx)
         except TimeoutError as exc:
             if cm.expired():
-                raise progress.stuck_error() from exc
+                raise watch.stuck_error() from exc
             raise
         finally:
-            ctx.progress = None
-        return check_transition(state, proposed)
+            ctx.watch = None
+        return check_transition(state, self.decide(state, ctx))
 
     async def run(self, ctx: Ctx, start: State) -> State:
         """Drive states from ``start`` until DONE; raise RunFailed (after journaling) on failure."""
@@ -200,7 +213,7 @@ class Runner(Generic[Ctx]):
         while state not in TERMINAL:
             self.state = state
             before = ctx.counters
-            ctx.records = []
+            ctx.facts = []
             await self.journal.append({"event": "enter", "state": state.value, "step": before.step})
             self._emit("enter", state, ctx)
             if self.fault:
@@ -225,15 +238,16 @@ class Runner(Generic[Ctx]):
             if self.fault:
                 self.fault.check(state, before.step, "exit")
             seconds = loop.time() - started
-            records = ctx.records
+            facts = ctx.facts
             await self.journal.append(
                 {"event": "exit", "state": state.value, "next": nxt.value, "step": before.step,
-                 "seconds": round(seconds, 6), "changes": _changes(before, ctx.counters), "records": records}
+                 "seconds": round(seconds, 6), "changes": _changes(before, ctx.counters),
+                 "records": [f.to_json() for f in facts]}
             )  # fmt: skip
             if self.after_exit is not None:
-                await self.after_exit(state, records)
-            for record in records:
-                self._emit("record", state, ctx, record=record)
+                await self.after_exit(state, facts)
+            for fact in facts:
+                self._emit("record", state, ctx, record=fact)
             self._emit("exit", state, ctx, next_state=nxt, seconds=seconds)
             state = nxt
         self.state = state

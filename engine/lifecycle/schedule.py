@@ -1,5 +1,10 @@
 """The Schedule: which state comes next, as a pure function of the run's counters.
 
+The Runner asks ``Schedule.after(state, counters)`` once a state's work is done; the transition table
+(engine.lifecycle.table) checks the answer. States never pick their successor: they do their work and
+move the counters with the effect methods of ``Counters`` (``trained``, ``synced``...), which the
+simulation tests apply too, so the states and the tests cannot drift apart.
+
 Counters are facts the journal can restore (step, last saved training state, last sampler
 snapshot, the step whose weights the deployment verifiably serves, last evaluation) plus one
 volatile fact (whether a rollout batch for the next step is in hand). The Schedule never does I/O,
@@ -46,6 +51,41 @@ class Counters:
     def replace(self, **changes: int | bool) -> Counters:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
+    # What each work state does to the counters once its work succeeded: one definition, used by the
+    # states and by the tests that simulate whole runs against the Schedule.
+    def sampled(self) -> Counters:
+        """SAMPLING holds rollouts for the next step."""
+        return self.replace(rollout_step=self.step + 1)
+
+    def trained(self) -> Counters:
+        """TRAINING committed one more optimizer step."""
+        return self.replace(step=self.step + 1)
+
+    def checkpointed(self, *, state: bool, snapshot: bool) -> Counters:
+        """CHECKPOINTING saved the full training state and/or a sampler snapshot of this step."""
+        out = self.replace(state_step=self.step) if state else self
+        return out.replace(snapshot_step=self.step) if snapshot else out
+
+    def synced(self) -> Counters:
+        """SYNCING verified the deployment serves the snapshot of ``snapshot_step``."""
+        return self.replace(synced_step=self.snapshot_step, force_sync=False)
+
+    def evaluated(self) -> Counters:
+        return self.replace(evaluated_step=self.step)
+
+    @classmethod
+    def restored(cls, step: int, evaluated_step: int, serves_restored_step: bool) -> Counters:
+        """WAITING after (re)connecting: the last full training state ``step`` (0 on a fresh run), the
+        evaluations committed up to it, and whether the deployment was verified to serve that step."""
+        return cls(
+            step=step,
+            state_step=step,
+            snapshot_step=-1,
+            synced_step=step if serves_restored_step else -1,
+            evaluated_step=min(evaluated_step, step),
+            force_sync=not serves_restored_step,
+        )
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -86,6 +126,17 @@ class Schedule:
             or c.step >= self.max_steps
             or self.eval_due(c)
         )
+
+    def saves_due(self, c: Counters) -> tuple[bool, bool]:
+        """What CHECKPOINTING saves: (the full training state, a sampler snapshot)."""
+        return self.state_due(c), self.sync_due(c) and c.snapshot_step < c.step
+
+    def after(self, state: State, c: Counters) -> State:
+        """The successor of ``state`` (the Runner's one question): the setup states lead into the work
+        loop, whose states all continue with ``next``."""
+        if state is State.REQUESTING:
+            return State.WAITING
+        return self.next(c)
 
     def next(self, c: Counters) -> State:
         sync = self.sync_due(c)

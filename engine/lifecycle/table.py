@@ -1,8 +1,9 @@
 """The lifecycle's states and its literal transition table (h11's ``_state.py`` is the model).
 
-Everything that decides which state may follow which lives here, and nothing here does I/O. The
-table is the whole truth: a state coroutine *proposes* its successor, the Runner *checks* it here,
-and an illegal proposal raises ``IllegalTransition`` naming both states.
+Nothing here does I/O. The table says which state may follow which; the Schedule
+(engine.lifecycle.schedule) decides which one does, and the Runner checks every decision here: an
+illegal one (a bug in the Schedule or in the counters a state left) raises ``IllegalTransition``
+naming both states.
 
 The shape of one run::
 

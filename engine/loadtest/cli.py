@@ -35,6 +35,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="completions path (default /inference/v1/completions; use /v1/completions for vLLM/SGLang)",
     )
+    t.add_argument(
+        "--dialect",
+        choices=["fireworks", "vllm"],
+        default=None,
+        help="how the stream carries token ids and server timings (default: vllm for an endpoint ending"
+        " in /v1/completions other than /inference/v1/completions, else fireworks)",
+    )
     t.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the API key (Bearer)")
     t.add_argument("--header", action="append", default=[], metavar="'K: V'", help="extra request header")
     t.add_argument(
@@ -146,8 +153,10 @@ def build_target(args: argparse.Namespace, environ: dict[str, str]) -> Any:
             raise ConfigError("--extra-body: must be a JSON object")
     if not args.url.startswith(("http://", "https://")):
         raise ConfigError(f"--url: expected http:// or https://, got {args.url!r}")
+    url = completions_url(args.url, args.endpoint)
+    accumulator, body = _dialect(dialect_of(url, args.dialect))
     return Target(
-        url=completions_url(args.url, args.endpoint),
+        url=url,
         model=args.model,
         headers=headers,
         extra_body=extra,
@@ -155,7 +164,36 @@ def build_target(args: argparse.Namespace, environ: dict[str, str]) -> Any:
         ignore_eos=args.ignore_eos,
         request_timeout_s=args.request_timeout,
         secret=secret,
+        accumulator=accumulator,
+        dialect_body=body,
     )
+
+
+def dialect_of(url: str, requested: str | None) -> str:
+    """The stream dialect: as requested, else vLLM's for a plain OpenAI path (``.../v1/completions``),
+    else Fireworks' (also the embedded deployment's, at ``/inference/v1/completions``)."""
+    if requested is not None:
+        return requested
+    path = url.split("?", 1)[0].rstrip("/")
+    return (
+        "vllm"
+        if path.endswith("/v1/completions") and not path.endswith("/inference/v1/completions")
+        else "fireworks"
+    )
+
+
+def _dialect(name: str) -> tuple[Any, dict[str, Any]]:
+    """(accumulator class, fields added to every body) of a dialect."""
+    if name == "vllm":
+        # vLLM reports queue_time_ms in the final usage chunk (--enable-per-request-metrics); the
+        # Fireworks field would only make it log a warning per request.
+        from engine.backends.vllm.dialect import VllmAccumulator
+
+        return VllmAccumulator, {}
+    from engine.backends.fireworks.dialect import FireworksAccumulator
+    from engine.loadtest.client import FIREWORKS_BODY
+
+    return FireworksAccumulator, dict(FIREWORKS_BODY)
 
 
 def run_info(args: argparse.Namespace, target: Any | None, mode: str) -> dict[str, Any]:
@@ -163,6 +201,7 @@ def run_info(args: argparse.Namespace, target: Any | None, mode: str) -> dict[st
         "mode": mode,
         "target": {
             "url": target.url if target is not None else args.url,
+            "dialect": dialect_of(target.url if target is not None else args.url, args.dialect),
             "model": args.model,
             "api_key_env": args.api_key_env,  # the variable's name only, never its value
         },
@@ -246,6 +285,7 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
         "TTFT p50/p99",
         "TPOT p50",
         "E2E p50/p99",
+        "queue p50",
         "lag p99",
     ):
         table.add_column(col)
@@ -263,6 +303,7 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
             f"{f(c['ttft_ms']['p50'])}/{f(c['ttft_ms']['p99'])}",
             f(c["tpot_ms"]["p50"], 2),
             f"{f(c['e2e_ms']['p50'])}/{f(c['e2e_ms']['p99'])}",
+            f((c.get("server") or {}).get("prefill_queue_ms", {}).get("p50"), 2),  # the server's own
             f(lag, 2),
         )
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)

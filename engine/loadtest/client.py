@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,12 +23,16 @@ import aiohttp
 from engine.loadtest.metrics import RequestRecord
 from engine.loadtest.prompts import Prompt
 from engine.loadtest.scan import StreamScanner
+from engine.retry import TRANSIENT_STATUSES, error_message
 from engine.sampling.errors import AttemptError, SamplingProtocolError
 from engine.sampling.metrics import SNAPSHOT_HEADER, ServerMetrics
+from engine.sampling.sse import CompletionAccumulator
 
 # Statuses a healthy server uses to push back; they never abort a run.
-PUSHBACK_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+PUSHBACK_STATUSES = TRANSIENT_STATUSES
 DEFAULT_ENDPOINT = "/inference/v1/completions"
+FIREWORKS_BODY = {"perf_metrics_in_response": True}
+"""Fireworks and the embedded deployment put queue/TTFT timings in the final chunk when asked."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,10 @@ class Target:
     ignore_eos: bool = False
     request_timeout_s: float = 600.0
     secret: str | None = field(default=None, repr=False)
+    accumulator: Callable[[], CompletionAccumulator] = CompletionAccumulator
+    """Reads the server's stream dialect (token ids, server metrics); see engine.sampling.dialect."""
+    dialect_body: Mapping[str, Any] = field(default_factory=lambda: dict(FIREWORKS_BODY))
+    """Fields the dialect adds to every body (what makes its server report timings)."""
 
     def redact(self, text: str) -> str:
         return text.replace(self.secret, "***") if self.secret else text
@@ -54,10 +62,9 @@ class Target:
             "max_tokens": prompt.max_tokens,
             "temperature": self.temperature,
             "stream": True,
-            # Fireworks and the embedded deployment put queue/TTFT timings in the final chunk;
-            # OpenAI-compatible servers ignore the field, and include usage on request.
-            "perf_metrics_in_response": True,
+            # OpenAI-compatible servers include usage (and vLLM its per-request metrics) on request.
             "stream_options": {"include_usage": True},
+            **self.dialect_body,
         }
         if self.ignore_eos:
             body["ignore_eos"] = True
@@ -95,16 +102,7 @@ def _short(text: str, limit: int = 300) -> str:
 
 def _error_message(body: str) -> str:
     """The server's error message from a JSON error body, else the body itself."""
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        return _short(body)
-    if isinstance(obj, dict):
-        err = obj.get("error", obj)
-        if isinstance(err, dict):
-            return _short(str(err.get("message") or err))
-        return _short(str(err))
-    return _short(body)
+    return _short(error_message(body, body))
 
 
 def is_fatal(rec: RequestRecord) -> bool:
@@ -170,7 +168,7 @@ async def _exchange(
             if resp.status in PUSHBACK_STATUSES:
                 return ServerMetrics.from_headers(resp.headers, http_status_code=resp.status)
             return None
-        scanner = StreamScanner()
+        scanner = StreamScanner(target.accumulator())
         acc = scanner.acc
         chunks = rec.chunk_s
         try:

@@ -27,8 +27,8 @@ _NEEDS_PARSE = re.compile(
 class StreamScanner:
     """Feed raw bytes; each call returns how many content events they completed."""
 
-    def __init__(self) -> None:
-        self.acc = CompletionAccumulator()
+    def __init__(self, accumulator: CompletionAccumulator | None = None) -> None:
+        self.acc = accumulator if accumulator is not None else CompletionAccumulator()
         self._decoder: SSEDecoder | None = None
         self._buf = b""
 

@@ -20,10 +20,15 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
+
+import torch
+from tinker import types
 
 from engine.errors import FatalError
-from engine.recipes.tasks import Example, Task, score
+from engine.recipes.tasks import Example, Task
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,10 +53,19 @@ class RolloutBatch:
     policy_version: int
     snapshot_identities: list[str | None] = field(default_factory=list)
     seconds: float = 0.0
+    window: int | None = None  # the sampler's concurrency window after this batch
 
     @property
     def reward_mean(self) -> float:
         return sum(r.reward for r in self.rollouts) / max(1, len(self.rollouts))
+
+
+class UserCodeRunner(Protocol):
+    """Runs user code off the event loop (engine.run.offload.UserCode)."""
+
+    async def rewards(self, pairs: Sequence[tuple[str, str]]) -> list[float]: ...
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T: ...
 
 
 def group_advantages(rewards: Sequence[float]) -> list[float]:
@@ -74,7 +88,7 @@ def visible_text(tokenizer: Any, completion_tokens: Sequence[int]) -> str:
 async def sample_groups(
     sampler: Any,
     tokenizer: Any,
-    task: Task,
+    user: UserCodeRunner,
     examples: Sequence[Example],
     *,
     group_size: int,
@@ -84,17 +98,18 @@ async def sample_groups(
     beat: Callable[[str], None],
 ) -> list[list[Rollout]]:
     """One group of ``group_size`` samples per example, all in flight at once (the controller
-    admits them). Rewards are computed as groups complete; a bad reward fails the whole batch."""
+    admits them). Rewards are computed (off the loop) as groups complete; a bad reward fails the whole
+    batch."""
 
     async def one_group(index: int, example: Example) -> list[Rollout]:
-        prompt = prompt_tokens(tokenizer, example.prompt)
+        prompt = await user.in_thread(prompt_tokens, tokenizer, example.prompt)
         completions = await sampler.sample_with_prompt_tokens(
             prompt, n=group_size, max_tokens=max_tokens, temperature=temperature
         )
         if len(completions) != group_size:
             raise FatalError(f"deployment returned {len(completions)} of {group_size} samples for one group")
         texts = [visible_text(tokenizer, c.completion_tokens) for c in completions]
-        rewards = [score(task, example.prompt, t) for t in texts]
+        rewards = await user.rewards([(example.prompt, t) for t in texts])
         advantages = group_advantages(rewards)
         beat(f"group {index + 1}/{len(examples)} sampled")
         return [
@@ -121,6 +136,7 @@ async def collect(
     sampler: Any,
     tokenizer: Any,
     task: Task,
+    user: UserCodeRunner,
     *,
     step: int,
     seed: int,
@@ -136,7 +152,7 @@ async def collect(
     groups = await sample_groups(
         sampler,
         tokenizer,
-        task,
+        user,
         examples,
         group_size=group_size,
         max_tokens=max_tokens,
@@ -156,8 +172,6 @@ async def collect(
 
 def build_datums(rollouts: Sequence[Rollout]) -> list[Any]:
     """Next-token datums: input = tokens[:-1], targets = tokens[1:], weight 1 on completion tokens."""
-    from tinker import types
-
     data = []
     for r in rollouts:
         tokens = list(r.prompt_tokens) + list(r.completion_tokens)
@@ -175,8 +189,6 @@ def build_datums(rollouts: Sequence[Rollout]) -> list[Any]:
 
 def make_loss(rollouts: Sequence[Rollout], kind: str, clip_epsilon: float) -> Any:
     """The custom objective over ``rollouts`` (in datum order); see the module docstring."""
-    import torch
-
     per_sample = [
         (len(r.prompt_tokens) - 1, len(r.completion_tokens), r.advantage, r.behaviour_logprobs)
         for r in rollouts

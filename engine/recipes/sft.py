@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
+from tinker import types
+
 from engine.recipes.rl import prompt_tokens
 from engine.recipes.tasks import Example
 
@@ -25,8 +27,6 @@ def example_tokens(tokenizer: Any, example: Example) -> tuple[list[int], list[in
 
 def build_datums(tokenizer: Any, examples: Sequence[Example]) -> tuple[list[Any], int]:
     """Datums with weight 1 on answer tokens; returns them and the number of trained tokens."""
-    from tinker import types
-
     data, trained = [], 0
     for ex in examples:
         prompt, answer = example_tokens(tokenizer, ex)

@@ -171,17 +171,26 @@ def load_task(name: str, reward: str | None = None) -> Task:
 
 def score(task: Task, prompt: str, completion: str) -> float:
     """Call the task's reward and insist on a finite number."""
+    return score_with(task.reward, task.reward_name, prompt, completion)
+
+
+def score_with(reward: RewardFn, reward_name: str, prompt: str, completion: str) -> float:
     try:
-        value: Any = task.reward(prompt, completion)
+        value: Any = reward(prompt, completion)
     except Exception as exc:
         raise RewardError(
-            f"reward function {task.reward_name} raised {type(exc).__name__}: {exc} (prompt {prompt!r})"
+            f"reward function {reward_name} raised {type(exc).__name__}: {exc} (prompt {prompt!r})"
         ) from exc
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise RewardError(
-            f"reward function {task.reward_name} returned {value!r}, not a finite number (prompt {prompt!r})"
+            f"reward function {reward_name} returned {value!r}, not a finite number (prompt {prompt!r})"
         )
     return float(value)
+
+
+def score_pairs(reward: RewardFn, reward_name: str, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    """Score (prompt, completion) pairs in order: the unit of work handed to a worker thread or process."""
+    return [score_with(reward, reward_name, p, c) for p, c in pairs]
 
 
 def eval_set_json(task: Task, size: int) -> tuple[list[dict[str, str]], str]:

@@ -3,7 +3,7 @@
 Public surface (see common contract): ``DeploymentSampler``, ``SampledCompletion``, ``ServerMetrics``,
 ``AdaptiveConcurrencyController``, ``FixedConcurrencyController``. For load testing and custom retry
 owners, ``stream_completion`` runs one streamed attempt and returns a ``StreamResult`` with client
-timings; ``RetryPolicy`` is the sampler's retry budget as a value.
+timings; ``SamplingRetryPolicy`` is the sampler's retry budget as a value.
 """
 
 from engine.retry import parse_retry_after
@@ -22,7 +22,7 @@ from engine.sampling.errors import (
     SamplingTimeoutError,
 )
 from engine.sampling.metrics import ServerMetrics
-from engine.sampling.retry import RetryPolicy
+from engine.sampling.retry import SamplingRetryPolicy
 from engine.sampling.sampler import DeploymentSampler, SampledCompletion
 from engine.sampling.stream import StreamResult, stream_completion
 
@@ -34,10 +34,10 @@ __all__ = [
     "ConcurrencyController",
     "DeploymentSampler",
     "FixedConcurrencyController",
-    "RetryPolicy",
     "SampledCompletion",
     "SamplingExhaustedError",
     "SamplingProtocolError",
+    "SamplingRetryPolicy",
     "SamplingStatusError",
     "SamplingTimeoutError",
     "ServerMetrics",

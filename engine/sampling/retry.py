@@ -24,13 +24,9 @@ from engine.sampling.errors import AttemptError
 
 T = TypeVar("T")
 
-RETRYABLE_STATUSES: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
-"""HTTP statuses retried as transient (plus 404/425 as "not ready")."""
-NOT_READY_STATUSES: frozenset[int] = frozenset({404, 425})
-
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class SamplingRetryPolicy:
     """The sampler's retry budget per logical request (the control-plane client has its own)."""
 
     max_attempts: int = 7
@@ -74,7 +70,7 @@ class RetryPolicy:
 
 
 async def retry_attempts(
-    policy: RetryPolicy,
+    policy: SamplingRetryPolicy,
     attempt: Callable[[int], Awaitable[T]],
     *,
     rng: random.Random,

@@ -3,8 +3,11 @@
 ``n`` samples are ``n`` concurrent ``n=1`` streaming requests, each with its own retry owner (policy
 and loop in ``retry.py``) and one stable ``x-request-id`` across its attempts. Every attempt is admitted by
 the concurrency controller and releases its slot exactly once, with the attempt's ``ServerMetrics``
-(also on error and cancellation). Defaults ask for the full distribution (``top_p=1``, ``top_k=0``) so
-RL rollouts are on-policy, and for ``raw_output`` token ids, logprobs and ``perf_metrics``.
+(also on error and cancellation). What the request asks for and how the stream is read is the
+deployment's *dialect* (engine.sampling.dialect): Fireworks' by default (the seed's API, also spoken by
+the embedded deployment), vLLM's from its backend. Either way the defaults ask for the full
+distribution (top_p 1, no top-k) so RL rollouts are on-policy, and for token ids, logprobs and the
+server's queue-time signal.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import aiohttp
 from engine.errors import ConfigError, StuckError
 from engine.log import get_logger
 from engine.sampling.controllers import AdaptiveConcurrencyController, ConcurrencyController
+from engine.sampling.dialect import RESERVED_FIELDS, CompletionDialect
 from engine.sampling.errors import (
     AttemptError,
     SamplingExhaustedError,
@@ -29,7 +33,7 @@ from engine.sampling.errors import (
     SamplingTimeoutError,
 )
 from engine.sampling.metrics import ServerMetrics
-from engine.sampling.retry import RetryPolicy, retry_attempts
+from engine.sampling.retry import SamplingRetryPolicy, retry_attempts
 from engine.sampling.stream import StreamResult, stream_completion
 
 
@@ -38,7 +42,6 @@ def _log() -> Any:
     return get_logger("sampling.sampler")
 
 
-_RESERVED = frozenset({"model", "prompt", "n", "stream"})
 _METRICS_KEPT = 65536
 
 
@@ -80,9 +83,10 @@ class DeploymentSampler:
         *,
         session: aiohttp.ClientSession | None = None,
         additional_headers: Mapping[str, str] | None = None,
-        retry_policy: RetryPolicy | None = None,
+        retry_policy: SamplingRetryPolicy | None = None,
         admission_timeout_s: float = 3600.0,
-        completions_path: str = "/inference/v1/completions",
+        dialect: CompletionDialect | None = None,
+        completions_path: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         connection_limit: int = 512,
@@ -93,7 +97,12 @@ class DeploymentSampler:
             raise ConfigError("model must name the deployment (accounts/<acct>/deployments/<id>)")
         if admission_timeout_s <= 0:
             raise ConfigError(f"admission_timeout_s must be > 0, got {admission_timeout_s}")
-        self.url = inference_url.rstrip("/") + completions_path
+        if dialect is None:
+            from engine.backends.fireworks.dialect import FireworksDialect  # the seed API's default
+
+            dialect = FireworksDialect()
+        self.dialect = dialect
+        self.url = inference_url.rstrip("/") + (completions_path or dialect.completions_path)
         self.model = model
         self._api_key = api_key
         self.tokenizer = tokenizer
@@ -103,7 +112,7 @@ class DeploymentSampler:
         self._own_loop: asyncio.AbstractEventLoop | None = None
         self._extra_headers = dict(additional_headers or {})
         self._base_headers: dict[str, str] | None = None
-        self.retry_policy = retry_policy or RetryPolicy()
+        self.retry_policy = retry_policy or SamplingRetryPolicy()
         self._admission_timeout_s = admission_timeout_s
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -167,29 +176,17 @@ class DeploymentSampler:
     def build_payload(
         self, prompt_token_ids: Sequence[int], *, max_tokens: int, temperature: float, **kwargs: Any
     ) -> dict[str, Any]:
-        """The n=1 streaming completions body (kwargs are forwarded; top_p/top_k may be overridden)."""
-        bad = _RESERVED.intersection(kwargs)
+        """The n=1 streaming completions body in the dialect (kwargs override its defaults)."""
+        bad = RESERVED_FIELDS.intersection(kwargs)
         if bad:
             raise ConfigError(f"{sorted(bad)[0]!r} is set by the sampler and cannot be passed as a kwarg")
         if max_tokens < 1:
             raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}")
         if temperature < 0:
             raise ConfigError(f"temperature must be >= 0, got {temperature}")
-        payload: dict[str, Any] = {
-            "model": self.model,
-            "prompt": [int(t) for t in prompt_token_ids],
-            "n": 1,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-            "stream": True,
-            "perf_metrics_in_response": True,
-            "raw_output": True,
-            "logprobs": True,
-            "top_p": 1.0,
-            "top_k": 0,
-        }
-        payload.update(kwargs)
-        return payload
+        return self.dialect.payload(
+            self.model, prompt_token_ids, max_tokens=max_tokens, temperature=temperature, extra=kwargs
+        )
 
     async def _admit(self) -> None:
         try_acquire = getattr(self._controller, "try_acquire", None)
@@ -219,6 +216,7 @@ class DeploymentSampler:
                 timeout_s=self.retry_policy.attempt_timeout_s,
                 idle_timeout_s=self.retry_policy.idle_timeout_s,
                 retry_attempt=attempt,
+                accumulator=self.dialect.accumulator(),
             )
             metrics = result.metrics
             return result
@@ -357,15 +355,17 @@ class DeploymentSampler:
     ) -> SampledCompletion:
         prompt_ids = result.prompt_token_ids or prompt
         sampling = result.sampling_logprobs
-        full_distribution = (
-            payload.get("temperature") == 1.0 and payload.get("top_p") == 1.0 and payload.get("top_k") == 0
+        full_distribution = (  # top_k 0 (Fireworks) and -1 (vLLM) both mean "no truncation"
+            payload.get("temperature") == 1.0
+            and payload.get("top_p") == 1.0
+            and payload.get("top_k") in (None, 0, -1)
         )
         if result.inference_logprobs and all(x is None for x in sampling) and full_distribution:
             # At temperature 1 with no truncation the behavior policy is the model's distribution.
             if not self._warned_logprob_fallback:
                 self._warned_logprob_fallback = True
-                _log().warning(
-                    "server sent no sampling_logprob; using raw logprobs (temperature=1, top_p=1, top_k=0)"
+                _log().info(
+                    "server sent no sampling_logprob; using raw logprobs (temperature 1, no truncation)"
                 )
             sampling = list(result.inference_logprobs)
         return SampledCompletion(

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
+from engine.retry import error_message, is_transient
 from engine.sampling.errors import AttemptError, SamplingProtocolError
 
 try:  # orjson comes with tinker (a hotloop dependency) and decodes chunks ~3x faster
@@ -30,7 +31,6 @@ except ImportError:  # pragma: no cover
 DONE = "[DONE]"
 IGNORED_EVENTS = frozenset({"ping", "heartbeat", "keepalive", "keep-alive"})
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls"})
-_TRANSIENT_UPSTREAM = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 class SSEEvent(NamedTuple):
@@ -81,18 +81,27 @@ class SSEDecoder:
 
 
 def _error_message(obj: Any) -> tuple[str, int | None]:
-    if isinstance(obj, dict):
-        err = obj.get("error", obj)
-        if isinstance(err, dict):
-            status = err.get("code") if isinstance(err.get("code"), int) else err.get("status")
-            return str(err.get("message") or err), status if isinstance(status, int) else None
-        return str(err), None
-    return str(obj), None
+    """(message, status) of an in-stream error event or chunk."""
+    err = obj.get("error", obj) if isinstance(obj, dict) else obj
+    status = None
+    if isinstance(err, dict):
+        code = err.get("code") if isinstance(err.get("code"), int) else err.get("status")
+        status = code if isinstance(code, int) else None
+    return error_message(obj, str(obj)), status
 
 
 @dataclass
 class CompletionAccumulator:
-    """Folds the JSON chunks of one n=1 completion stream into its result."""
+    """Folds the JSON chunks of one n=1 completion stream into its result.
+
+    This class reads what every OpenAI-style completions stream has (text, logprobs, finish reason,
+    usage, in-stream errors). A backend's dialect subclasses it to read its own fields -- token ids,
+    server metrics, the identity that generated the completion -- in ``feed_dialect_chunk`` and
+    ``feed_dialect_choice`` (engine.backends.fireworks.dialect, engine.backends.vllm.dialect).
+    ``raw_chunks`` (token ids per chunk), ``prompt_token_ids``, ``perf_metrics`` (keys as in
+    engine.sampling.metrics, e.g. ``prefill-queue-duration`` in seconds) and ``snapshot_identity`` are
+    what those hooks fill in.
+    """
 
     text_parts: list[str] = field(default_factory=list)
     entries: list[dict[str, Any]] = field(default_factory=list)
@@ -106,6 +115,8 @@ class CompletionAccumulator:
     response_id: str | None = None
     done: bool = False
     _buffer: bytes = b""
+    token_ids_field: ClassVar[str] = "a token-id field"
+    """Where this dialect's stream carries token ids, for error messages."""
 
     def feed_bytes(self, chunk: bytes) -> int:
         """Frame SSE events from raw stream bytes and fold them in; returns how many carried content.
@@ -178,11 +189,7 @@ class CompletionAccumulator:
         # The tail fields ride on the final chunk only: membership tests keep token chunks cheap.
         if "usage" in chunk and isinstance(chunk["usage"], dict):
             self.usage = chunk["usage"]
-        if "perf_metrics" in chunk and isinstance(chunk["perf_metrics"], dict):
-            self.perf_metrics = chunk["perf_metrics"]
-        if chunk.get("snapshot_identity"):
-            self.snapshot_identity = str(chunk["snapshot_identity"])
-        content = False
+        content = self.feed_dialect_chunk(chunk)
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
@@ -198,13 +205,8 @@ class CompletionAccumulator:
                     content = True
                 elif logprobs.get("token_logprobs"):
                     self.token_logprobs.extend(logprobs["token_logprobs"])
-            raw = choice.get("raw_output")
-            if raw:
-                if raw.get("completion_token_ids") is not None:
-                    self.raw_chunks.append([int(t) for t in raw["completion_token_ids"]])
-                    content = True
-                if raw.get("prompt_token_ids") is not None:
-                    self.prompt_token_ids = [int(t) for t in raw["prompt_token_ids"]]
+            if self.feed_dialect_choice(choice):
+                content = True
             reason = choice.get("finish_reason")
             if reason:
                 if reason in ("abort", "error"):
@@ -214,12 +216,22 @@ class CompletionAccumulator:
                 self.finish_reason = reason
         return content
 
+    # ---- dialect hooks: a backend's accumulator reads its own fields here -------------------------
+
+    def feed_dialect_chunk(self, chunk: dict[str, Any]) -> bool:
+        """Chunk-level fields of a dialect (server metrics, identity); True if they carried content."""
+        return False
+
+    def feed_dialect_choice(self, choice: dict[str, Any]) -> bool:
+        """Choice-level fields of a dialect (token ids); True if they carried content."""
+        return False
+
     @property
     def text(self) -> str:
         return "".join(self.text_parts)
 
     def completion_token_ids(self) -> list[int]:
-        """Token ids: raw_output (delta or cumulative chunks), else logprobs.content token ids."""
+        """Token ids: the dialect's token-id chunks (delta or cumulative), else logprobs.content ids."""
         from_logprobs = [int(e["token_id"]) for e in self.entries if e.get("token_id") is not None]
         if self.raw_chunks:
             joined = [t for part in self.raw_chunks for t in part]
@@ -229,8 +241,8 @@ class CompletionAccumulator:
         if from_logprobs and len(from_logprobs) == len(self.entries):
             return from_logprobs
         raise SamplingProtocolError(
-            "completion stream carried no token ids (need choices[].raw_output.completion_token_ids"
-            " or logprobs.content[].token_id; send raw_output: true)"
+            f"completion stream carried no token ids (need {self.token_ids_field} or"
+            " logprobs.content[].token_id)"
         )
 
     def inference_logprobs(self) -> list[float | None]:
@@ -251,7 +263,7 @@ def _loads_or_text(data: str) -> Any:
 
 def upstream_error(message: str, status: int | None) -> Exception:
     """An error reported inside the stream: retryable when its status is transient or unknown."""
-    if status is None or status in _TRANSIENT_UPSTREAM:
+    if status is None or is_transient(status):
         from engine.sampling.metrics import ServerMetrics
 
         metrics = ServerMetrics(http_status_code=status) if status is not None else None

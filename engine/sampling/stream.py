@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,10 +25,9 @@ from typing import Any
 
 import aiohttp
 
-from engine.retry import parse_retry_after
+from engine.retry import NOT_READY_STATUSES, error_message, is_transient, parse_retry_after
 from engine.sampling.errors import AttemptError, SamplingStatusError
 from engine.sampling.metrics import SNAPSHOT_HEADER, ServerMetrics
-from engine.sampling.retry import NOT_READY_STATUSES, RETRYABLE_STATUSES
 from engine.sampling.sse import CompletionAccumulator, dumps
 
 _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
@@ -102,17 +100,7 @@ async def _error_message(resp: aiohttp.ClientResponse) -> str:
         raw = await resp.content.read(_ERROR_BODY_LIMIT)
     except (TimeoutError, *_CONNECTION_ERRORS):
         return resp.reason or ""
-    text = raw.decode("utf-8", errors="replace").strip()
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError:
-        return text or (resp.reason or "")
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict):
-            return str(err.get("message") or err.get("detail") or err)
-        return str(err if err is not None else body.get("message") or body)
-    return text
+    return error_message(raw, resp.reason or "")
 
 
 async def _raise_for_status(resp: aiohttp.ClientResponse, retry_attempt: int) -> None:
@@ -120,7 +108,7 @@ async def _raise_for_status(resp: aiohttp.ClientResponse, retry_attempt: int) ->
     if status < 400:
         return
     message = await _error_message(resp)
-    if status in RETRYABLE_STATUSES or status in NOT_READY_STATUSES:
+    if is_transient(status) or status in NOT_READY_STATUSES:
         metrics = ServerMetrics.from_headers(
             resp.headers, http_status_code=status, retry_attempt=retry_attempt, error=message[:500]
         )
@@ -144,9 +132,13 @@ async def stream_completion(
     idle_timeout_s: float | None = 300.0,
     retry_attempt: int = 1,
     clock: Callable[[], float] = time.perf_counter,
+    accumulator: CompletionAccumulator | None = None,
 ) -> StreamResult:
-    """POST ``payload`` (which must ask for ``stream: true``) and fold the stream into a result."""
-    acc = CompletionAccumulator()
+    """POST ``payload`` (which must ask for ``stream: true``) and fold the stream into a result.
+
+    ``accumulator`` reads the server's dialect (a fresh one per attempt; see engine.sampling.dialect);
+    the default reads only the OpenAI-standard fields."""
+    acc = accumulator if accumulator is not None else CompletionAccumulator()
     times: list[float] = []  # arrival of each network chunk that carried content
     status = 0
     resp_headers: Mapping[str, str] = {}

@@ -1,7 +1,7 @@
 """The base/delta chain decision, as pure functions over an immutable state.
 
-``WeightSyncer`` does the I/O (save, hot-load, read back); this module decides what to save and
-what to tell the deployment, so every branch can be tested without a trainer or a deployment.
+``WeightSyncer`` does the I/O (save, hot-load, read back); this module decides what to save and what
+each hot-load is relative to, so every branch can be tested without a trainer or a deployment.
 
 Rules (Fireworks' ``_snapshot_chain`` plus the BYOT guidance, made strict):
 
@@ -24,11 +24,6 @@ from types import MappingProxyType
 from typing import Literal
 
 CheckpointType = Literal["base", "delta"]
-
-# The snapshot format's delta payload is zstd over byte-shuffled float differences, with a sha256 of
-# the full weights in the manifest: that is what "compression" and "checksum" mean here.
-COMPRESSION_FORMAT = "zstd"
-CHECKSUM_FORMAT = "sha256"
 
 
 class ChainError(ValueError):
@@ -129,14 +124,10 @@ def _delta_parent(state: ChainState) -> str | None:
     return state.held
 
 
-def hotload_metadata(
-    state: ChainState, identity: str, checkpoint_type: CheckpointType
-) -> dict[str, str] | None:
-    """The ``incremental_snapshot_metadata`` for hot-loading ``identity`` (None = a full load).
-
-    A delta's metadata names its recorded parent (the bytes only decode against that); a delta this
-    chain did not save is assumed to be taken against what the deployment holds.
-    """
+def load_parent(state: ChainState, identity: str, checkpoint_type: CheckpointType) -> str | None:
+    """What a hot-load of ``identity`` is relative to: a delta's recorded parent (its bytes only decode
+    against that), or for a delta this chain did not save, what the deployment holds. None: a full
+    load (a base, or any LoRA snapshot). How the deployment is told is the backend's business."""
     if checkpoint_type not in ("base", "delta"):
         raise ChainError(f"checkpoint_type must be 'base' or 'delta', got {checkpoint_type!r}")
     if checkpoint_type == "base" or state.lora:
@@ -144,11 +135,7 @@ def hotload_metadata(
     parent = state.parents.get(identity) if identity in state.parents else state.held
     if parent is None:
         raise ChainError(f"cannot hot-load delta {identity!r}: its parent snapshot is unknown")
-    return {
-        "previous_snapshot_identity": parent,
-        "compression_format": COMPRESSION_FORMAT,
-        "checksum_format": CHECKSUM_FORMAT,
-    }
+    return parent
 
 
 def apply(state: ChainState, event: Event) -> ChainState:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -44,49 +43,17 @@ import torch
 import zstandard
 from safetensors.torch import load_file, save_file
 
+from engine.weights.names import SnapshotError, check_identity, contained, identity_parts
+from engine.weights.names import check_name as check_name  # re-exported
+from engine.weights.names import run_identity as run_identity  # re-exported
+
 FORMAT = "hotloop-snapshot/1"
 MANIFEST = "manifest.json"
 BASE_FILE = "weights.safetensors"
 DELTA_FILE = "delta.zst"
 SnapshotKind = Literal["base", "delta"]
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
-# A training run id (tinker's ``<session>:train:<n>``): the first segment of a per-run identity.
-_RUN_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._\-]{0,200}$")
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-class SnapshotError(ValueError):
-    """A snapshot that is missing, malformed, corrupt, or does not fit its parent."""
-
-
-def check_name(name: str) -> str:
-    """Snapshot identities become directory names: letters, digits, '.', '_' and '-' only."""
-    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
-        raise SnapshotError(
-            f"invalid snapshot name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
-
-
-def check_identity(identity: str) -> str:
-    """A snapshot identity: a bare name, or ``<run_id>/<name>`` (see the module doc)."""
-    if not isinstance(identity, str):
-        raise SnapshotError(f"invalid snapshot name {identity!r}: not a string")
-    run, sep, name = identity.rpartition("/")
-    if sep and (not _RUN_SEGMENT.match(run) or ".." in run):
-        raise SnapshotError(
-            f"invalid snapshot name {identity!r}: the run segment before '/' must be 1-201 letters, "
-            "digits, ':', '.', '_' or '-'"
-        )
-    check_name(name)
-    return identity
-
-
-def run_identity(run_id: str, name: str) -> str:
-    """The identity of snapshot ``name`` of training run ``run_id``."""
-    return check_identity(f"{run_id}/{check_name(name)}")
 
 
 @dataclass(frozen=True)
@@ -219,8 +186,9 @@ def _delta_payload(
 
 
 def _commit(bucket: Path, manifest: Manifest, write_payload: Any) -> Path:
-    target = bucket / check_identity(manifest.identity)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    bucket.mkdir(parents=True, exist_ok=True)
+    target = contained(bucket, *identity_parts(manifest.identity))
+    target.parent.mkdir(exist_ok=True)
     if target.exists():
         raise SnapshotError(f"snapshot {manifest.identity!r} already exists in {bucket}")
     # Staged beside the target (same folder, so the rename is atomic); a leading '.' hides it from
@@ -303,7 +271,7 @@ def write_delta(
 
 
 def read_manifest(bucket: Path, identity: str) -> Manifest:
-    path = Path(bucket) / check_identity(identity) / MANIFEST
+    path = contained(Path(bucket), *identity_parts(identity), MANIFEST)
     if not path.exists():
         raise SnapshotError(f"snapshot {identity!r} not found in {bucket}")
     try:
@@ -319,8 +287,10 @@ def read_manifest(bucket: Path, identity: str) -> Manifest:
 
 
 def _verified_payload(bucket: Path, manifest: Manifest) -> Path:
-    payload = Path(bucket) / manifest.identity / manifest.payload
-    if not payload.exists():
+    if manifest.payload not in (BASE_FILE, DELTA_FILE):
+        raise SnapshotError(f"snapshot {manifest.identity!r}: unknown payload file {manifest.payload!r}")
+    payload = contained(Path(bucket), *identity_parts(manifest.identity), manifest.payload)
+    if not payload.is_file():
         raise SnapshotError(f"snapshot {manifest.identity!r}: payload {manifest.payload} is missing")
     digest = _file_sha256(payload)
     if digest != manifest.payload_sha256:
@@ -336,9 +306,19 @@ def apply_delta(
 ) -> dict[str, torch.Tensor]:
     """The child weights: parent XOR delta, verified against the manifest's ``weights_sha256``."""
     payload = _verified_payload(bucket, manifest)
-    raw = np.frombuffer(zstandard.ZstdDecompressor().decompress(payload.read_bytes()), dtype=np.uint8)
     if _tensor_infos(parent_state) != manifest.tensors:
         raise SnapshotError(f"delta {manifest.identity!r} does not fit the parent's tensor layout")
+    # The parent's layout says how many bytes the delta holds (two planes per float tensor at most):
+    # decompress no further than that, whatever the frame header declares.
+    expected = sum(2 * t.numel() * t.element_size() for t in parent_state.values())
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(payload.read_bytes()) as reader:
+            data = reader.read(expected + 1)
+    except zstandard.ZstdError as exc:
+        raise SnapshotError(f"delta {manifest.identity!r}: payload does not decompress ({exc})") from exc
+    if len(data) > expected:
+        raise SnapshotError(f"delta {manifest.identity!r} decompresses past its tensors' size")
+    raw = np.frombuffer(data, dtype=np.uint8)
     if manifest.encoding not in ("xor", "sub-xor"):
         raise SnapshotError(f"delta {manifest.identity!r}: unknown encoding {manifest.encoding!r}")
     out: dict[str, torch.Tensor] = {}

@@ -1,13 +1,14 @@
 """``WeightSyncer``: save sampler snapshots and hot-load them into a deployment, base then deltas.
 
-The decisions (base or delta, against which parent, with which incremental metadata) live in
-``engine.weights.chain`` as pure functions; this class does the I/O around them:
+The decisions (base or delta, against which parent) live in ``engine.weights.chain`` as pure
+functions; how a deployment is loaded and read back is its backend's ``HotLoader``
+(engine.backends.base). This class does the sequencing around them:
 
-1. before the first decision, and after any failure, read back what the deployment really holds
-   (``hotload_check_status``), waiting for its hot-load manager to report a replica;
-2. save through the ``TrainingSession`` (session-qualified identity);
-3. hot-load with the chain's metadata and wait until the deployment reports the identity
-   (``wait_for_hotload``) -- only then is success reported and the chain advanced;
+1. before the first decision, and after any failure, read back what the deployment really holds,
+   waiting for it to report a replica;
+2. save through the training session (session-qualified identity);
+3. hot-load with the chain's parent and return only once the loader saw the deployment serve the
+   identity -- only then is the chain advanced;
 4. record ``last_timing`` (``save_time_s``, ``hotload_time_s``, ``total_time_s``).
 
 A failed hot-load makes the next snapshot a full one. Operations of one syncer are serialized.
@@ -16,17 +17,13 @@ A failed hot-load makes the next snapshot a full one. Operations of one syncer a
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from engine.control.clock import SYSTEM_CLOCK, Clock
+from engine.backends.base import CheckpointType, HotLoader, SamplerSnapshot
+from engine.clock import SYSTEM_CLOCK, Clock
 from engine.errors import ConfigError, FatalError, HotloopError, StuckError
 from engine.log import get_logger
 from engine.weights import chain
-from engine.weights.chain import CheckpointType
-
-if TYPE_CHECKING:
-    from engine.training.session import SamplerSnapshot
 
 _log = get_logger("engine.weights.syncer")
 
@@ -40,86 +37,68 @@ class HotloadFailedError(FatalError):
 
 
 class _Session(Protocol):
-    lora_rank: int
+    @property
+    def lora_rank(self) -> int: ...
 
     def save_weights_for_sampler(
         self, name: str, checkpoint_type: CheckpointType = "base", parent_snapshot_identity: str | None = None
     ) -> Any: ...
 
 
-class _DeployMgr(Protocol):
-    async def hotload(
-        self,
-        deployment_id: str,
-        base_model: str,
-        snapshot_identity: str,
-        incremental_snapshot_metadata: dict[str, Any] | None = None,
-    ) -> Any: ...
+def _hot_loader(
+    target: Any, deployment_id: str | None, base_model: str | None, timeout_s: float, poll_interval_s: float
+) -> HotLoader:
+    """``target`` itself when it is a hot loader; else a Fireworks-shaped ``DeploymentManager`` (the
+    seed's ``WeightSyncer(policy_client, deploy_mgr, deployment_id, base_model)`` call), wrapped."""
+    if hasattr(target, "read_identity") and hasattr(target, "load"):
+        return target
+    if not deployment_id:
+        raise ConfigError("deployment_id: empty")
+    if not base_model:
+        raise ConfigError("base_model: empty")
+    from engine.backends.fireworks.hotload import ControlPlaneHotLoader
 
-    async def hotload_check_status(self, deployment_id: str, base_model: str) -> dict[str, Any]: ...
-
-    async def wait_for_hotload(
-        self,
-        deployment_id: str,
-        base_model: str,
-        expected_identity: str,
-        timeout_seconds: float = ...,
-        poll_interval: float = ...,
-    ) -> bool: ...
-
-
-@dataclass(frozen=True)
-class _Readback:
-    identity: str | None
-
-
-def replica_identity(status: dict[str, Any]) -> _Readback | None:
-    """``replicas[0].current_snapshot_identity`` of a hot-load status; None while no replica reports."""
-    replicas = status.get("replicas")
-    if not isinstance(replicas, list):
-        raise FatalError(f"unrecognized hot-load status (replicas is not a list): {status!r:.300}")
-    if not replicas:
-        return None
-    ident = replicas[0].get("current_snapshot_identity") if isinstance(replicas[0], dict) else None
-    return _Readback(ident if isinstance(ident, str) and ident else None)
+    return ControlPlaneHotLoader(
+        target, deployment_id, base_model, timeout_s=timeout_s, poll_interval_s=poll_interval_s
+    )
 
 
 class WeightSyncer:
-    """Keeps a deployment on the latest snapshot of one training session."""
+    """Keeps a deployment on the latest snapshot of one training session.
+
+    ``target`` is the deployment's ``HotLoader`` (engine.backends), or, as in Fireworks' SDK, a
+    ``DeploymentManager`` together with ``deployment_id`` and ``base_model``.
+    """
 
     def __init__(
         self,
         session: _Session,
-        deploy_mgr: _DeployMgr,
-        deployment_id: str,
-        base_model: str,
+        target: Any,
+        deployment_id: str | None = None,
+        base_model: str | None = None,
         *,
         hotload_timeout_s: float = 600.0,
         full_every: int = 20,
         poll_interval_s: float = 1.0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        if not deployment_id:
-            raise ConfigError("deployment_id: empty")
-        if not base_model:
-            raise ConfigError("base_model: empty")
         if hotload_timeout_s <= 0:
             raise ConfigError(f"hotload_timeout_s: must be > 0, got {hotload_timeout_s}")
         try:
             self._state = chain.ChainState(lora=session.lora_rank > 0, full_every=full_every)
         except chain.ChainError as exc:
             raise ConfigError(f"full_every: {exc}") from exc
+        self.loader = _hot_loader(target, deployment_id, base_model, hotload_timeout_s, poll_interval_s)
         self.session = session
-        self.deploy_mgr = deploy_mgr
-        self.deployment_id = deployment_id
-        self.base_model = base_model
         self.hotload_timeout_s = hotload_timeout_s
         self.poll_interval_s = poll_interval_s
         self.clock = clock
         self.last_timing: dict[str, float] = {}
         self.last_snapshot: SamplerSnapshot | None = None
+        self._saved: dict[str, SamplerSnapshot] = {}
         self._lock = asyncio.Lock()
-        self._log = _log.bind(deployment_id=deployment_id)
+        self._where = repr(deployment_id) if deployment_id else "the deployment"
+        self._log = _log.bind(deployment_id=deployment_id) if deployment_id else _log
 
     @property
     def state(self) -> chain.ChainState:
@@ -155,12 +134,13 @@ class WeightSyncer:
             self.last_timing = {"save_time_s": self.clock.monotonic() - t0}
             return snap
 
-    async def hotload(self, snapshot_name: str, checkpoint_type: CheckpointType) -> None:
-        """Hot-load a saved snapshot and wait until the deployment serves it."""
+    async def hotload(self, snapshot_name: str, checkpoint_type: CheckpointType) -> str:
+        """Hot-load a saved snapshot; returns the identity once the deployment was seen serving it."""
         async with self._lock:
             t0 = self.clock.monotonic()
             await self._hotload(snapshot_name, checkpoint_type)
             self.last_timing = {"hotload_time_s": self.clock.monotonic() - t0}
+            return snapshot_name
 
     def reset_delta_chain(self) -> None:
         """Forget the chain (e.g. after attaching a new trainer): the next snapshot is base."""
@@ -189,6 +169,7 @@ class WeightSyncer:
         parent = (snap.parent_snapshot_identity or plan.parent) if snap.checkpoint_type == "delta" else None
         self._state = chain.apply(self._state, chain.Saved(snap.snapshot_name, snap.checkpoint_type, parent))
         self.last_snapshot = snap
+        self._saved[snap.snapshot_name] = snap
         self._log.info(
             "snapshot saved", identity=snap.snapshot_name, kind=snap.checkpoint_type, parent=parent
         )
@@ -200,23 +181,14 @@ class WeightSyncer:
         if self._state.held == identity:
             return  # already served: a repeat hot-load of the same identity is a no-op
         try:
-            metadata = chain.hotload_metadata(self._state, identity, checkpoint_type)
+            parent = chain.load_parent(self._state, identity, checkpoint_type)
         except chain.ChainError as exc:
             raise ConfigError(f"checkpoint_type: {exc}") from exc
+        snapshot = self._saved.get(identity) or SamplerSnapshot(
+            path="", snapshot_name=identity, checkpoint_type=checkpoint_type
+        )
         try:
-            await self.deploy_mgr.hotload(self.deployment_id, self.base_model, identity, metadata)
-            served = await self.deploy_mgr.wait_for_hotload(
-                self.deployment_id,
-                self.base_model,
-                identity,
-                timeout_seconds=self.hotload_timeout_s,
-                poll_interval=self.poll_interval_s,
-            )
-            if not served:
-                reason = getattr(self.deploy_mgr, "last_hotload_error_message", None)
-                raise StuckError(
-                    reason or f"deployment did not serve {identity!r} within {self.hotload_timeout_s:g}s"
-                )
+            await self.loader.load(snapshot, parent=parent)
         except asyncio.CancelledError:
             # Cancelled mid hot-load (a state timeout, shutdown): the deployment may now hold either
             # snapshot, so the next decision must read it back instead of diffing against a guess.
@@ -230,24 +202,23 @@ class WeightSyncer:
             except HotloopError as rb_exc:
                 self._log.warning("read-back after failed hot-load failed", error=str(rb_exc))
             raise HotloadFailedError(
-                f"hot-load of {identity!r} into {self.deployment_id!r} failed: {exc}", identity=identity
+                f"hot-load of {identity!r} into {self._where} failed: {exc}", identity=identity
             ) from exc
         self._state = chain.apply(self._state, chain.HotloadSucceeded(identity))
-        self._log.info("hot-load served", identity=identity, kind=checkpoint_type, incremental=bool(metadata))
+        self._log.info("hot-load served", identity=identity, kind=checkpoint_type, parent=parent)
 
     async def _readback(self) -> None:
         """Record the deployment's identity, waiting (bounded) for a replica to report one."""
         deadline = self.clock.monotonic() + self.hotload_timeout_s
         while True:
-            status = await self.deploy_mgr.hotload_check_status(self.deployment_id, self.base_model)
-            got = replica_identity(status)
-            if got is not None:
-                self._state = chain.apply(self._state, chain.Observed(got.identity))
-                self._log.info("deployment identity read back", identity=got.identity)
+            reported, identity = await self.loader.read_identity()
+            if reported:
+                self._state = chain.apply(self._state, chain.Observed(identity))
+                self._log.info("deployment identity read back", identity=identity)
                 return
             if self.clock.monotonic() >= deadline:
                 raise StuckError(
-                    f"deployment {self.deployment_id!r}: hot-load manager reported no replica within "
-                    f"{self.hotload_timeout_s:g}s"
+                    f"the deployment reported no replica within {self.hotload_timeout_s:g}s of asking "
+                    "what it serves"
                 )
             await self.clock.sleep(self.poll_interval_s)

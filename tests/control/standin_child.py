@@ -1,7 +1,9 @@
 """A stand-in for `hotloop serve trainer|deployment` (no torch): same CLI flags, same URL line.
 
 Used to test the control plane's supervision and gateway quickly. ``STANDIN_FAIL_START=1`` makes
-it exit with an error before announcing its URL.
+it exit with an error before announcing its URL. Like the real servers it refuses requests without
+the key named by ``--api-key-env`` (health excepted). A completion with ``max_tokens >= 1000`` hangs
+until cancelled; ``GET /standin/cancelled`` counts the ones whose caller went away.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import signal
 import sys
+from typing import Any
 
 from aiohttp import web
 
@@ -24,11 +27,22 @@ async def main() -> int:
     parser.add_argument("--bucket", required=True)
     parser.add_argument("--state-dir", default=None)
     parser.add_argument("--alias", action="append", default=[])
+    parser.add_argument("--api-key-env", default=None)
     args = parser.parse_args()
     if os.environ.get("STANDIN_FAIL_START"):
         print("stand-in: refusing to start (STANDIN_FAIL_START set)", file=sys.stderr, flush=True)
         return 3
+    key = os.environ.pop(args.api_key_env, None) if args.api_key_env else None
     held: dict[str, str | None] = {"identity": None}
+    counts = {"cancelled": 0}
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+        given = request.headers.get("X-API-Key", "")
+        if key and request.path not in ("/api/v1/healthz", "/health") and given != key:
+            return web.json_response({"detail": "missing or wrong X-API-Key"}, status=401)
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "kind": args.kind, "bucket": args.bucket})
@@ -58,6 +72,12 @@ async def main() -> int:
 
     async def completions(request: web.Request) -> web.Response:
         body = await request.json()
+        if int(body.get("max_tokens", 1)) >= 1000:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                counts["cancelled"] += 1
+                raise
         return web.json_response(
             {
                 "model": body.get("model"),
@@ -78,7 +98,11 @@ async def main() -> int:
         }
         return web.json_response({"replicas": [replica]})
 
-    app = web.Application()
+    async def cancelled(request: web.Request) -> web.Response:
+        return web.json_response(counts)
+
+    app = web.Application(middlewares=[auth])
+    app.router.add_get("/standin/cancelled", cancelled)
     app.router.add_get("/api/v1/healthz", healthz)
     app.router.add_get("/health", healthz)
     app.router.add_post("/api/v1/echo", echo)
@@ -86,7 +110,7 @@ async def main() -> int:
     app.router.add_get("/api/v1/slow", slow_stream)
     app.router.add_post("/inference/v1/completions", completions)
     app.router.add_route("*", "/hot_load/v1/models/hot_load", hot_load)
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", args.port)
     await site.start()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from engine.control import DeploymentConfig, DeploymentManager, TrainerJobConfig, TrainerJobManager
+from engine.backends.fireworks import DeploymentConfig, DeploymentManager, TrainerJobConfig, TrainerJobManager
 from engine.local.aliases import AliasError, parse_aliases
 from engine.local.controlplane.plane import ControlPlane
 from engine.local.controlplane.resources import ApiError, local_model
@@ -37,15 +37,16 @@ def test_parse_aliases() -> None:
 
 def test_local_model_resolves_aliases_first() -> None:
     aliases = {"Qwen/Qwen3-8B": "tiny"}
-    assert local_model("Qwen/Qwen3-8B", "baseModel", None, aliases) == "tiny"
+    assert local_model("Qwen/Qwen3-8B", "baseModel", None, aliases=aliases) == "tiny"
     # A Fireworks-style resource name matches an alias of its short name.
     assert (
-        local_model("accounts/fireworks/models/qwen3-8b", "baseModel", None, {"qwen3-8b": "tiny"}) == "tiny"
+        local_model("accounts/fireworks/models/qwen3-8b", "baseModel", None, aliases={"qwen3-8b": "tiny"})
+        == "tiny"
     )
     with pytest.raises(ApiError, match="unknown model 'Qwen/Qwen3-4B'"):
-        local_model("Qwen/Qwen3-4B", "baseModel", None, aliases)
+        local_model("Qwen/Qwen3-4B", "baseModel", None, aliases=aliases)
     with pytest.raises(ApiError, match="alias 'Qwen/Qwen3-8B'"):
-        local_model("Qwen/Qwen3-8B", "baseModel", None, {"Qwen/Qwen3-8B": "no-such-model"})
+        local_model("Qwen/Qwen3-8B", "baseModel", None, aliases={"Qwen/Qwen3-8B": "no-such-model"})
 
 
 async def test_alias_jobs_and_deployments_run_the_embedded_model(tmp_path: Path) -> None:

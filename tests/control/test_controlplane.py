@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from engine.control import (
+from engine.backends.fireworks import (
     AuthenticationError,
     ControlPlaneError,
     DeploymentConfig,
@@ -120,6 +120,12 @@ async def test_jobs_and_deployments_with_supervised_processes(cp: Plane, tmp_pat
             tm.wait_for_ready("job-1", poll_interval_s=0.1, timeout_s=60),
             dm.wait_for_ready("dep-1", poll_interval_s=0.1, timeout_s=60),
         )
+        # A CREATING deployment whose inference probe answers counts as ready (as on Fireworks); the
+        # control plane marks it READY once its supervisor saw the child up, moments later.
+        async with asyncio.timeout(10):
+            while ready.state != "READY":
+                await asyncio.sleep(0.05)
+                ready = await dm.get("dep-1") or ready
         assert ready.state == "READY"
         assert ready.hot_load_bucket_url == (tmp_path / "jobs" / "job-1" / "bucket").as_uri()
         assert endpoint.base_url == f"{cp.url}/training/v1/rlorTrainerJobs/local/job-1"

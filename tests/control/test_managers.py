@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.control import (
+from engine.backends.fireworks import (
     AuthenticationError,
     ControlPlaneError,
     DeploymentConfig,
@@ -12,8 +12,8 @@ from engine.control import (
     DeploymentManager,
     HotloadError,
     NotFoundError,
+    RestRetryPolicy,
     RetriesExhaustedError,
-    RetryPolicy,
     TrainerJobConfig,
     TrainerJobFailedError,
     TrainerJobManager,
@@ -101,7 +101,7 @@ async def test_retries_exhausted_raise_typed_error_with_capped_backoff(
     scripted: ScriptedServer, clock: FakeClock
 ) -> None:
     scripted.faults["accounts"] = ["503"] * 20
-    policy = RetryPolicy(max_attempts=5, initial_backoff_s=1.0, max_backoff_s=4.0)
+    policy = RestRetryPolicy(max_attempts=5, initial_backoff_s=1.0, max_backoff_s=4.0)
     async with trainer_mgr(scripted, clock, retry_policy=policy) as mgr:
         with pytest.raises(RetriesExhaustedError) as info:
             await mgr.get("x")

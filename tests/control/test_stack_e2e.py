@@ -11,9 +11,10 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 
-from engine.control import DeploymentConfig, DeploymentManager, TrainerJobConfig, TrainerJobManager
+from engine.backends.fireworks import DeploymentConfig, DeploymentManager, TrainerJobConfig, TrainerJobManager
 from engine.local.stack import EmbeddedStack
 from engine.log import get_logger
 
@@ -82,6 +83,17 @@ async def test_stack_parallel_wait_crash_resume_and_clean_shutdown(
             assert endpoint.base_url == f"{stack.base_url}/training/v1/rlorTrainerJobs/local/e2e-job"
             assert (await tm.healthz("e2e-job"))[0] == 200
             assert await dm.warmup(dm.model_name("e2e-dep"), max_retries=3, retry_interval_s=1.0)
+            # The real children refuse whoever reaches their 127.0.0.1 ports without their own key.
+            direct = {
+                "trainer": f"{(await tm.get('e2e-job'))['hotloop']['trainerUrl']}/api/v1/create_session",
+                "deployment": f"{(await dm.get('e2e-dep')).raw['hotloop']['deploymentUrl']}/v1/completions",  # type: ignore[union-attr]
+            }
+            async with aiohttp.ClientSession() as anon:
+                for url in direct.values():
+                    async with anon.post(url, json={"prompt": [1], "max_tokens": 1}) as resp:
+                        assert resp.status == 401, url
+                    async with anon.post(url, json={}, headers={"X-API-Key": stack.api_key}) as resp:
+                        assert resp.status == 401, url  # the stack's key is not a child's key
 
             # Kill the trainer process: the job shows FAILED with the reason, resume brings it back.
             job: dict[str, Any] = await tm.get("e2e-job")

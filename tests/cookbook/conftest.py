@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("tinker_cookbook", reason="tinker-cookbook is not installed (see the README)")
 
-from engine.local.launch import TRAINER_URL_KEY, launched, serve_argv
+from support.launch import TRAINER_URL_KEY, launched, serve_argv
 
 ALIAS = "Qwen/Qwen3-8B"
 REPO = str(Path(__file__).resolve().parents[2])

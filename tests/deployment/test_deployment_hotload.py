@@ -108,13 +108,15 @@ async def test_failed_loads_leave_the_previous_weights_serving(
     # missing snapshot, and a name that is not a safe identity
     replica = await hot_load(session, server.url, "nope", previous="step-0")
     assert "not found" in replica["loading_state"]["error_message"]
-    replica = await hot_load(session, server.url, "../etc")
-    assert "invalid snapshot name" in replica["loading_state"]["error_message"]
+    # an identity that cannot name a snapshot is refused before the 200 (issue 13), no load starts
+    async with session.post(server.url + HOT_LOAD, json={"identity": "../etc"}) as resp:
+        assert resp.status == 400 and (await resp.json())["error"]["param"] == "identity"
+        assert "invalid snapshot name" in (await resp.json())["error"]["message"]
 
     assert replica["current_snapshot_identity"] == "step-0"
     assert await _check_logprobs(session, server, model0, "step-0") == before
     async with session.get(server.url + "/metrics") as resp:
-        assert 'hotloop_deployment_hot_loads_total{outcome="error"} 5.0' in await resp.text()
+        assert 'hotloop_deployment_hot_loads_total{outcome="error"} 4.0' in await resp.text()
 
 
 async def test_sync_transition_in_flight_finish_on_old_weights_new_ones_wait(

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import tinker
 import torch
 
-from engine.control import (
+from engine.backends.fireworks import (
     DeploymentConfig,
     DeploymentInfo,
     DeploymentManager,
@@ -20,7 +20,7 @@ from engine.control import (
     TrainerJobConfig,
     TrainerJobManager,
 )
-from engine.training import TrainingSession
+from engine.backends.tinker import TrainingSession
 
 T = TypeVar("T")
 MODEL = "tiny"

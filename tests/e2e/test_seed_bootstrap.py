@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from e2e_support import MODEL, served_identity, train_steps, trainer_logprobs
 
+from engine.backends.tinker import TrainingSession
 from engine.errors import FatalError
+from engine.local.models import load_tokenizer
 from engine.sampling import AdaptiveConcurrencyController, DeploymentSampler
-from engine.training import TrainingSession
 from engine.weights import WeightSyncer
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
@@ -33,7 +34,9 @@ async def test_seed_bootstrap(stack: Any, seed_env: Any) -> None:
         with pytest.raises(FatalError, match="lora_rank mismatch"):
             await TrainingSession.connect(b.endpoint.base_url, stack.api_key, MODEL, lora_rank=8)
 
-        session = await TrainingSession.connect(b.endpoint.base_url, stack.api_key, MODEL, lora_rank=0)
+        session = await TrainingSession.connect(
+            b.endpoint.base_url, stack.api_key, MODEL, lora_rank=0, tokenizer_loader=load_tokenizer
+        )
         tokenizer = session.tokenizer
         losses = await train_steps(session, tokenizer, steps=5)
         assert len(losses) == 5 and all(math.isfinite(x) for x in losses)

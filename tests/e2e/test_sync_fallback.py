@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from e2e_support import MODEL, served_identity, train_steps
 
-from engine.training import TrainingSession
+from engine.backends.tinker import TrainingSession
+from engine.local.models import load_tokenizer
 from engine.weights import HotloadFailedError, WeightSyncer
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
@@ -17,7 +18,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 async def test_refused_delta_falls_back_to_base(stack: Any, seed_env: Any) -> None:
     b = seed_env
     dep = "seed-serving"
-    session = await TrainingSession.connect(b.endpoint.base_url, stack.api_key, MODEL)
+    session = await TrainingSession.connect(
+        b.endpoint.base_url, stack.api_key, MODEL, tokenizer_loader=load_tokenizer
+    )
     try:
         syncer = WeightSyncer(session, b.deploy_mgr, dep, MODEL, hotload_timeout_s=120, poll_interval_s=0.2)
         first = await syncer.save_and_hotload("fb-0")

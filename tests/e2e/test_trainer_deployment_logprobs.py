@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from e2e_support import MODEL, served_identity, train_steps, trainer_logprobs
 
+from engine.backends.tinker import TrainingSession
+from engine.local.models import load_tokenizer
 from engine.sampling import DeploymentSampler, FixedConcurrencyController
-from engine.training import TrainingSession
 from engine.weights import WeightSyncer
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
@@ -23,7 +24,9 @@ async def test_deployment_logprobs_match_trainer_across_base_and_deltas(stack: A
     session: TrainingSession | None = None
     sampler: DeploymentSampler | None = None
     try:
-        session = await TrainingSession.connect(b.endpoint.base_url, stack.api_key, MODEL)
+        session = await TrainingSession.connect(
+            b.endpoint.base_url, stack.api_key, MODEL, tokenizer_loader=load_tokenizer
+        )
         tokenizer = session.tokenizer
         syncer = WeightSyncer(
             session, b.deploy_mgr, "seed-serving", MODEL, hotload_timeout_s=120, poll_interval_s=0.2

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from e2e_support import MODEL, WAIT, build_batch, served_identity, train_steps
 
-from engine.training import TrainingSession
+from engine.backends.tinker import TrainingSession
+from engine.local.models import load_tokenizer
 from engine.weights import WeightSyncer
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
@@ -35,7 +36,9 @@ async def test_killed_trainer_is_resumed_from_the_last_saved_state(stack: Any, s
     first: TrainingSession | None = None
     second: TrainingSession | None = None
     try:
-        first = await TrainingSession.connect(b.endpoint.base_url, stack.api_key, MODEL)
+        first = await TrainingSession.connect(
+            b.endpoint.base_url, stack.api_key, MODEL, tokenizer_loader=load_tokenizer
+        )
         tokenizer = first.tokenizer
         await train_steps(first, tokenizer, steps=2)
         state_path = await first.save_state("ckpt-2")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.lifecycle.context import Connection
+from engine.run.planes import ControlPlaneConnection
 
 
 def tiny_config(run_dir: Path, run_id: str, **overrides: Any) -> dict[str, Any]:
@@ -27,8 +27,8 @@ def tiny_config(run_dir: Path, run_id: str, **overrides: Any) -> dict[str, Any]:
     return cfg
 
 
-def connection(stack: Any) -> Connection:
-    return Connection(base_url=stack.base_url, api_key=stack.api_key, account_id=stack.account_id)
+def connection(stack: Any) -> ControlPlaneConnection:
+    return ControlPlaneConnection(base_url=stack.base_url, api_key=stack.api_key, account_id=stack.account_id)
 
 
 def remote(stack: Any) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def journal(run_dir: Path) -> list[dict[str, Any]]:
 
 async def served_identity(stack: Any, deployment_id: str) -> str | None:
     """Ask the deployment (through the control plane's hot-load API) what it serves."""
-    from engine.control import DeploymentManager
+    from engine.backends.fireworks import DeploymentManager
 
     async with DeploymentManager(stack.api_key, stack.base_url) as mgr:
         await mgr.resolve_account_id()
@@ -57,7 +57,7 @@ async def served_identity(stack: Any, deployment_id: str) -> str | None:
 async def restored_optimizer_steps(stack: Any, job_id: str, state_path: str) -> int:
     """Load a committed training state (with its optimizer) into a new model on the trainer and
     ask the trainer how many optimizer steps that state has applied (hotloop extension endpoint)."""
-    from engine.training import TrainingSession
+    from engine.backends.tinker import TrainingSession
 
     base_url = f"{stack.base_url}/training/v1/rlorTrainerJobs/{stack.account_id}/{job_id}"
     session = await TrainingSession.from_state(base_url, stack.api_key, state_path, with_optimizer=True)

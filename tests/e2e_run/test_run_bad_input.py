@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from run_support import check_exactly_once, connection, journal, tiny_config
 
-from engine import runner_cli
-from engine.api import run
 from engine.cli import build_parser
 from engine.config import load_config, validate_config
 from engine.errors import ConfigError
 from engine.lifecycle import RunFailed
+from engine.run import commands
+from engine.run.orchestrator import run
 
 FLAKY = """
 import math
@@ -58,7 +58,7 @@ def test_cli_rejects_bad_yaml_with_the_field(tmp_path: Path, capsys: pytest.Capt
     bad = tmp_path / "bad.yaml"
     bad.write_text("recipe: rl\nintervals:\n  eval_every: -1\n")
     # The command's own entry point (engine.cli.main would also reconfigure logging for the process).
-    assert runner_cli.main(build_parser().parse_args(["run", str(bad), "--no-progress"])) == 2
+    assert commands.main_run(build_parser().parse_args(["run", str(bad), "--no-progress"])) == 2
     assert "intervals.eval_every" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
@@ -114,7 +114,7 @@ async def test_bad_reward_stops_the_run_and_resume_works_after_the_fix(
 
 def test_a_run_dir_pins_its_config(tmp_path: Path) -> None:
     """`hotloop run` pointed at an existing run resumes it only with the same config."""
-    from engine.api import _prepare_dir
+    from engine.run.orchestrator import _prepare_dir
 
     first, rd = _prepare_dir(validate_config(tiny_config(tmp_path / "r", "pin")), None)
     assert rd.exists() and first.run_dir == rd.path

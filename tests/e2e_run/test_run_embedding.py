@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 from run_support import check_exactly_once, connection, journal, tiny_config
 
-from engine.api import start
-from engine.control import TrainerJobManager
+from engine.backends.fireworks import TrainerJobManager
 from engine.lifecycle import State
+from engine.run.orchestrator import start
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from run_support import check_exactly_once, connection, journal, rows, served_identity, tiny_config
 
-from engine.api import run
 from engine.lifecycle import LifecycleEvent, State
+from engine.run.orchestrator import run
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.journal import Journal, read_journal
-from engine.lifecycle.replay import replay
-from engine.lifecycle.rundir import RunDir
+from engine.run.replay import replay
+from engine.run.rundir import RunDir
 
 
 def exit_(state: str, *records: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +58,10 @@ def test_resume_from_last_full_state_drops_later_rows() -> None:
     ]
     assert r.evaluated_step == 2
     assert (r.synced_known, r.synced_identity) == (True, "s2")
-    assert r.resources["job_id"] == "j" and r.resources["deployment_id"] == "d"
+    # RES is in hotloop 0.1's shape: old run directories still resume.
+    assert r.resources is not None
+    assert r.resources.trainer.resource_id == "j" and r.resources.deployment.resource_id == "d"
+    assert r.resources.trainer.attrs["job_name"] == "accounts/a/rlorTrainerJobs/j"
 
 
 def test_a_resumed_attempt_replaces_the_dead_attempts_rows() -> None:
@@ -78,7 +81,7 @@ def test_a_resumed_attempt_replaces_the_dead_attempts_rows() -> None:
     assert [row["step"] for row in r.rows] == [1, 2]
     assert r.rows[1].get("attempt") == 2
     assert not r.synced_known  # no sync committed at step 2: the deployment must be re-verified
-    assert r.resources["job_id"] == "j"
+    assert r.resources is not None and r.resources.trainer.resource_id == "j"
 
 
 def test_done_and_failure_are_reported() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,46 +28,57 @@ from engine.lifecycle import (
 S = State
 
 
+@dataclass(frozen=True)
+class Note:
+    """A minimal fact for the generic Runner (a run's real facts are in engine.run.records)."""
+
+    kind: str
+    data: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.data}
+
+
+def by_schedule(sched: Schedule) -> Any:
+    return lambda state, ctx: sched.after(state, ctx.counters)
+
+
+def by_table(table: dict[State, State]) -> Any:
+    return lambda state, ctx: table[state]
+
+
+NEXT = by_table({S.REQUESTING: S.WAITING, S.WAITING: S.DONE})
+
+
 def schedule_handlers(sched: Schedule) -> dict[State, object]:
-    """Handlers that do each state's bookkeeping and ask the Schedule for the successor."""
+    """Handlers that apply each work state's counter effect (the same methods the real states call);
+    the real states run against fake backends in tests/states."""
 
-    async def requesting(ctx: LifecycleContext) -> State:
-        return S.WAITING
+    async def nothing(ctx: LifecycleContext) -> None:
+        return None
 
-    async def waiting(ctx: LifecycleContext) -> State:
-        return sched.next(ctx.counters)
-
-    async def sampling(ctx: LifecycleContext) -> State:
+    async def sampling(ctx: LifecycleContext) -> None:
         await asyncio.sleep(0)
         ctx.beat("rollouts done")
-        ctx.counters = ctx.counters.replace(rollout_step=ctx.counters.step + 1)
-        return sched.next(ctx.counters)
+        ctx.counters = ctx.counters.sampled()
 
-    async def training(ctx: LifecycleContext) -> State:
-        ctx.counters = ctx.counters.replace(step=ctx.counters.step + 1)
-        ctx.record("step", step=ctx.counters.step)
-        return sched.next(ctx.counters)
+    async def training(ctx: LifecycleContext) -> None:
+        ctx.counters = ctx.counters.trained()
+        ctx.record(Note("step", {"step": ctx.counters.step}))
 
-    async def checkpointing(ctx: LifecycleContext) -> State:
-        c = ctx.counters
-        if sched.state_due(c):
-            c = c.replace(state_step=c.step)
-        if sched.sync_due(c):
-            c = c.replace(snapshot_step=c.step)
-        ctx.counters = c
-        return sched.next(c)
+    async def checkpointing(ctx: LifecycleContext) -> None:
+        state, snapshot = sched.saves_due(ctx.counters)
+        ctx.counters = ctx.counters.checkpointed(state=state, snapshot=snapshot)
 
-    async def syncing(ctx: LifecycleContext) -> State:
-        ctx.counters = ctx.counters.replace(synced_step=ctx.counters.snapshot_step)
-        return sched.next(ctx.counters)
+    async def syncing(ctx: LifecycleContext) -> None:
+        ctx.counters = ctx.counters.synced()
 
-    async def evaluating(ctx: LifecycleContext) -> State:
-        ctx.counters = ctx.counters.replace(evaluated_step=ctx.counters.step)
-        ctx.record("eval", step=ctx.counters.step, score=0.5)
-        return sched.next(ctx.counters)
+    async def evaluating(ctx: LifecycleContext) -> None:
+        ctx.counters = ctx.counters.evaluated()
+        ctx.record(Note("eval", {"step": ctx.counters.step, "score": 0.5}))
 
     return {
-        S.REQUESTING: requesting, S.WAITING: waiting, S.SAMPLING: sampling, S.TRAINING: training,
+        S.REQUESTING: nothing, S.WAITING: nothing, S.SAMPLING: sampling, S.TRAINING: training,
         S.CHECKPOINTING: checkpointing, S.SYNCING: syncing, S.EVALUATING: evaluating,
     }  # fmt: skip
 
@@ -77,11 +90,18 @@ async def test_full_run_journaled_and_observed(tmp_path: Path) -> None:
     bus.add_callback(seen.append)
     committed: list[dict] = []
 
-    async def after_exit(state: State, records: list[dict]) -> None:
-        committed.extend(records)
+    async def after_exit(state: State, facts: list[Any]) -> None:
+        committed.extend(f.to_json() for f in facts)
 
     with Journal(tmp_path / "journal.jsonl") as journal:
-        runner = Runner(schedule_handlers(sched), journal, events=bus, run_id="r1", after_exit=after_exit)
+        runner = Runner(
+            schedule_handlers(sched),
+            journal,
+            decide=by_schedule(sched),
+            events=bus,
+            run_id="r1",
+            after_exit=after_exit,
+        )
         ctx = LifecycleContext()
 
         async def consume() -> list[LifecycleEvent]:
@@ -108,11 +128,14 @@ async def test_full_run_journaled_and_observed(tmp_path: Path) -> None:
 
 
 async def test_illegal_transition_fails_the_run_after_journaling(tmp_path: Path) -> None:
-    async def bad(ctx: LifecycleContext) -> State:
-        return S.EVALUATING  # REQUESTING -> EVALUATING is not in the table
+    async def works(ctx: LifecycleContext) -> None:
+        return None
 
     with Journal(tmp_path / "j.jsonl") as journal:
-        runner: Runner[LifecycleContext] = Runner({S.REQUESTING: bad}, journal)
+        # A decision REQUESTING -> EVALUATING is not in the table.
+        runner: Runner[LifecycleContext] = Runner(
+            {S.REQUESTING: works}, journal, decide=by_table({S.REQUESTING: S.EVALUATING})
+        )
         with pytest.raises(RunFailed) as info:
             await runner.run(LifecycleContext(), S.REQUESTING)
     assert isinstance(info.value.__cause__, IllegalTransition)
@@ -122,15 +145,18 @@ async def test_illegal_transition_fails_the_run_after_journaling(tmp_path: Path)
 
 
 async def test_stuck_state_fails_saying_where(tmp_path: Path) -> None:
-    async def hangs(ctx: LifecycleContext) -> State:
+    async def hangs(ctx: LifecycleContext) -> None:
         ctx.beat("waiting for the trainer job")
         await asyncio.Event().wait()
-        return S.WAITING
 
     bus = EventBus()
     with Journal(tmp_path / "j.jsonl") as journal:
         runner: Runner[LifecycleContext] = Runner(
-            {S.REQUESTING: hangs}, journal, events=bus, default_limits=StateLimits(timeout_s=5, stall_s=0.05)
+            {S.REQUESTING: hangs},
+            journal,
+            decide=NEXT,
+            events=bus,
+            default_limits=StateLimits(timeout_s=5, stall_s=0.05),
         )
         with pytest.raises(RunFailed) as info:
             await runner.run(LifecycleContext(), S.REQUESTING)
@@ -141,13 +167,15 @@ async def test_stuck_state_fails_saying_where(tmp_path: Path) -> None:
 
 
 async def test_a_state_that_never_reports_progress_is_bounded_too(tmp_path: Path) -> None:
-    async def silent(ctx: LifecycleContext) -> State:
+    async def silent(ctx: LifecycleContext) -> None:
         await asyncio.Event().wait()  # no beat at all: only the initial stall deadline applies
-        return S.WAITING
 
     with Journal(tmp_path / "j.jsonl") as journal:
         runner: Runner[LifecycleContext] = Runner(
-            {S.REQUESTING: silent}, journal, default_limits=StateLimits(timeout_s=5, stall_s=0.05)
+            {S.REQUESTING: silent},
+            journal,
+            decide=NEXT,
+            default_limits=StateLimits(timeout_s=5, stall_s=0.05),
         )
         with pytest.raises(RunFailed) as info:
             async with asyncio.timeout(5):
@@ -157,40 +185,38 @@ async def test_a_state_that_never_reports_progress_is_bounded_too(tmp_path: Path
 
 
 async def test_progress_extends_the_deadline_but_not_past_the_hard_limit(tmp_path: Path) -> None:
-    async def slow_but_alive(ctx: LifecycleContext) -> State:
+    async def slow_but_alive(ctx: LifecycleContext) -> None:
         for i in range(8):
             await asyncio.sleep(0.02)
             ctx.beat(f"chunk {i}")
-        return S.WAITING
 
-    async def forever_alive(ctx: LifecycleContext) -> State:
+    async def forever_alive(ctx: LifecycleContext) -> None:
         while True:
             await asyncio.sleep(0.01)
             ctx.beat("still beating")
 
+    async def nothing(ctx: LifecycleContext) -> None:
+        return None
+
     limits = StateLimits(timeout_s=0.3, stall_s=0.05)
     with Journal(tmp_path / "j.jsonl") as journal:
         ok: Runner[LifecycleContext] = Runner(
-            {S.REQUESTING: slow_but_alive, S.WAITING: lambda ctx: _done()}, journal, default_limits=limits
+            {S.REQUESTING: slow_but_alive, S.WAITING: nothing}, journal, decide=NEXT, default_limits=limits
         )
         assert await ok.run(LifecycleContext(), S.REQUESTING) is S.DONE
         capped: Runner[LifecycleContext] = Runner(
-            {S.REQUESTING: forever_alive}, journal, default_limits=limits
+            {S.REQUESTING: forever_alive}, journal, decide=NEXT, default_limits=limits
         )
         with pytest.raises(RunFailed, match="limit"):
             await capped.run(LifecycleContext(), S.REQUESTING)
 
 
-async def _done() -> State:
-    return S.DONE
-
-
 async def test_an_error_inside_a_state_is_not_mistaken_for_a_stall(tmp_path: Path) -> None:
-    async def raises_timeout(ctx: LifecycleContext) -> State:
+    async def raises_timeout(ctx: LifecycleContext) -> None:
         raise TimeoutError("upstream read timed out")
 
     with Journal(tmp_path / "j.jsonl") as journal:
-        runner: Runner[LifecycleContext] = Runner({S.REQUESTING: raises_timeout}, journal)
+        runner: Runner[LifecycleContext] = Runner({S.REQUESTING: raises_timeout}, journal, decide=NEXT)
         with pytest.raises(RunFailed) as info:
             await runner.run(LifecycleContext(), S.REQUESTING)
     assert isinstance(info.value.__cause__, TimeoutError)
@@ -200,13 +226,12 @@ async def test_an_error_inside_a_state_is_not_mistaken_for_a_stall(tmp_path: Pat
 async def test_cancellation_is_journaled(tmp_path: Path) -> None:
     entered = asyncio.Event()
 
-    async def blocks(ctx: LifecycleContext) -> State:
+    async def blocks(ctx: LifecycleContext) -> None:
         entered.set()
         await asyncio.sleep(3600)
-        return S.WAITING
 
     with Journal(tmp_path / "j.jsonl") as journal:
-        runner: Runner[LifecycleContext] = Runner({S.REQUESTING: blocks}, journal)
+        runner: Runner[LifecycleContext] = Runner({S.REQUESTING: blocks}, journal, decide=NEXT)
         task = asyncio.create_task(runner.run(LifecycleContext(), S.REQUESTING))
         await entered.wait()
         task.cancel()
@@ -224,8 +249,8 @@ def test_fault_plan_parsing() -> None:
 
 
 async def test_event_subscription_ends_when_a_run_fails_before_any_state(tmp_path: Path) -> None:
-    from engine.api import start
     from engine.errors import ConfigError
+    from engine.run.orchestrator import start
 
     handle = start(None, run_dir=tmp_path / "not-a-run")  # fails in _prepare_dir, before the Runner
 

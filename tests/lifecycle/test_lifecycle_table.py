@@ -22,35 +22,25 @@ S = State
 
 
 def apply(state: State, c: Counters, sched: Schedule) -> Counters:
-    """What each state does to the counters (the pure essence of states/)."""
+    """A state's counter effect once its work succeeded: the same methods the states in states/ call
+    (their I/O is exercised against fake backends in tests/states)."""
     if state is S.SAMPLING:
-        return c.replace(rollout_step=c.step + 1)
+        return c.sampled()
     if state is S.TRAINING:
-        return c.replace(step=c.step + 1)
+        return c.trained()
     if state is S.CHECKPOINTING:
-        out = c
-        if sched.state_due(c):
-            out = out.replace(state_step=c.step)
-        if sched.sync_due(c):
-            out = out.replace(snapshot_step=c.step)
-        return out
+        saved_state, saved_snapshot = sched.saves_due(c)
+        return c.checkpointed(state=saved_state, snapshot=saved_snapshot)
     if state is S.SYNCING:
-        return c.replace(synced_step=c.snapshot_step, force_sync=False)
+        return c.synced()
     if state is S.EVALUATING:
-        return c.replace(evaluated_step=c.step)
+        return c.evaluated()
     return c
 
 
 def crash(c: Counters, serves_restored_step: bool) -> Counters:
     """What resume restores: the last full state, the evaluations up to it, a fresh session."""
-    return Counters(
-        step=c.state_step,
-        state_step=c.state_step,
-        snapshot_step=-1,
-        synced_step=c.state_step if serves_restored_step else -1,
-        evaluated_step=min(c.evaluated_step, c.state_step),
-        force_sync=not serves_restored_step,
-    )
+    return Counters.restored(c.state_step, c.evaluated_step, serves_restored_step)
 
 
 def simulate(sched: Schedule, rng: random.Random | None = None, start: Counters | None = None):
@@ -60,13 +50,8 @@ def simulate(sched: Schedule, rng: random.Random | None = None, start: Counters 
     for _ in range(10_000):
         if state in TERMINAL:
             return edges, c
-        if state is S.REQUESTING:
-            nxt = S.WAITING
-        elif state is S.WAITING:
-            nxt = sched.next(c)
-        else:
-            c = apply(state, c, sched)
-            nxt = sched.next(c)
+        c = apply(state, c, sched)
+        nxt = sched.after(state, c)
         edges.append((state, check_transition(state, nxt)))
         state = nxt
         if rng is not None and state not in TERMINAL and rng.random() < 0.05:

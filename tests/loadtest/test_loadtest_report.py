@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 from loadtest_helpers import ThreadedMockServer, assert_counts_match, read_outputs, run_cli
-
-from engine.loadtest.mock_server import MockConfig
+from support.mock_server import MockConfig
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.backends.fireworks.dialect import FireworksAccumulator
 from engine.loadtest.scan import StreamScanner
 from engine.sampling.errors import AttemptError
 from engine.sampling.sse import CompletionAccumulator, SSEDecoder
@@ -52,7 +53,7 @@ TRUNCATED = _data(_choice("x")) + _data(_choice("y"))  # no finish reason, no [D
 
 
 def _reference(stream: bytes) -> tuple[int, CompletionAccumulator]:
-    acc, dec, n = CompletionAccumulator(), SSEDecoder(), 0
+    acc, dec, n = FireworksAccumulator(), SSEDecoder(), 0
     for event in [*dec.feed(stream), *dec.close()]:
         if acc.done:
             break
@@ -61,7 +62,7 @@ def _reference(stream: bytes) -> tuple[int, CompletionAccumulator]:
 
 
 def _scan(stream: bytes, cuts: list[int]) -> tuple[int, CompletionAccumulator]:
-    scanner, n, last = StreamScanner(), 0, 0
+    scanner, n, last = StreamScanner(FireworksAccumulator()), 0, 0
     for cut in [*sorted(set(cuts)), len(stream)]:
         if not scanner.done:
             n += scanner.feed(stream[last:cut])

@@ -16,9 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.sampling import RetryPolicy
+from engine.sampling import SamplingRetryPolicy
 
-FAST_RETRY = RetryPolicy(
+FAST_RETRY = SamplingRetryPolicy(
     backoff_initial_s=0.001, backoff_max_s=0.005, attempt_timeout_s=5.0, idle_timeout_s=5.0
 )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from engine.local.deployment.app import DeploymentConfig, DeploymentServer
+from engine.local.deployment.app import DeploymentServer, DeploymentServerSettings
 from engine.local.models import load_tokenizer
 from engine.sampling import AdaptiveConcurrencyController, DeploymentSampler
 
@@ -17,7 +17,7 @@ async def test_sample_with_tokens_against_embedded_deployment() -> None:
     )
     ctl = AdaptiveConcurrencyController()
     async with (
-        DeploymentServer(DeploymentConfig(model="tiny", max_batch=4)) as server,
+        DeploymentServer(DeploymentServerSettings(model="tiny", max_batch=4)) as server,
         DeploymentSampler(
             server.url, "accounts/local/deployments/d", "hl-test", tokenizer=tok, concurrency_controller=ctl
         ) as sampler,

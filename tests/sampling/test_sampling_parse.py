@@ -8,8 +8,9 @@ import random
 
 import pytest
 
+from engine.backends.fireworks.dialect import FireworksAccumulator
 from engine.errors import ConfigError, FatalError, RetryableError
-from engine.sampling import RetryPolicy, ServerMetrics, parse_retry_after
+from engine.sampling import SamplingRetryPolicy, ServerMetrics, parse_retry_after
 from engine.sampling.errors import AttemptError, SamplingProtocolError
 from engine.sampling.sse import CompletionAccumulator, SSEDecoder, SSEEvent
 
@@ -64,7 +65,7 @@ def _chunk(text: str, tok: int, finish: str | None = None, **extra: object) -> S
 
 
 def test_accumulator_builds_completion_and_ignores_after_done() -> None:
-    acc = CompletionAccumulator()
+    acc = FireworksAccumulator()
     assert acc.feed_event(_chunk("a", 5))
     assert acc.feed_event(_chunk("b", 6, "length", usage={"completion_tokens": 2}, snapshot_identity="s"))
     assert not acc.feed_event(SSEEvent("message", "[DONE]"))
@@ -76,29 +77,29 @@ def test_accumulator_builds_completion_and_ignores_after_done() -> None:
 
 
 def test_accumulator_raw_output_cumulative_and_errors() -> None:
-    acc = CompletionAccumulator()
+    acc = FireworksAccumulator()
     for i, tok in enumerate([5, 6]):
         ev = json.loads(_chunk("x", tok).data)
         ev["choices"][0]["raw_output"] = {"completion_token_ids": [5, 6][: i + 1]}
         acc.feed_chunk(ev)
     assert acc.completion_token_ids() == [5, 6]  # repeated cumulative lists are not concatenated
     with pytest.raises(AttemptError) as transient:
-        CompletionAccumulator().feed_event(SSEEvent("error", '{"error": {"message": "busy", "code": 503}}'))
+        FireworksAccumulator().feed_event(SSEEvent("error", '{"error": {"message": "busy", "code": 503}}'))
     assert transient.value.kind == "upstream_stream" and transient.value.status == 503
     with pytest.raises(SamplingProtocolError):
-        CompletionAccumulator().feed_event(SSEEvent("error", '{"error": {"message": "bad", "code": 400}}'))
+        FireworksAccumulator().feed_event(SSEEvent("error", '{"error": {"message": "bad", "code": 400}}'))
     with pytest.raises(SamplingProtocolError, match="not JSON"):
-        CompletionAccumulator().feed_event(SSEEvent("message", "{oops"))
+        FireworksAccumulator().feed_event(SSEEvent("message", "{oops"))
     with pytest.raises(SamplingProtocolError, match="finish_reason"):
-        CompletionAccumulator().feed_event(_chunk("a", 1, "weird"))
-    no_ids = CompletionAccumulator()
+        FireworksAccumulator().feed_event(_chunk("a", 1, "weird"))
+    no_ids = FireworksAccumulator()
     no_ids.feed_chunk({"choices": [{"index": 0, "text": "a", "finish_reason": "stop"}]})
     with pytest.raises(SamplingProtocolError, match="raw_output"):
         no_ids.completion_token_ids()
 
 
 def test_retry_policy_backoff_jitter_and_retry_after_floor() -> None:
-    policy = RetryPolicy()
+    policy = SamplingRetryPolicy()
     rng = random.Random(0)
     for attempt, base in [(1, 2.0), (2, 4.0), (3, 8.0), (5, 30.0), (6, 30.0)]:
         delays = [policy.backoff(attempt, None, rng) for _ in range(200)]
@@ -111,7 +112,7 @@ def test_retry_policy_backoff_jitter_and_retry_after_floor() -> None:
     date = email.utils.formatdate(now + 10, usegmt=True)
     assert parse_retry_after(date, now=now) == pytest.approx(10.0, abs=1.0)
     with pytest.raises(ConfigError, match="max_attempts"):
-        RetryPolicy(max_attempts=0)
+        SamplingRetryPolicy(max_attempts=0)
 
 
 def test_error_taxonomy() -> None:
@@ -133,20 +134,20 @@ def test_fused_feed_bytes_matches_decoder_at_any_split() -> None:
     def summary(acc: CompletionAccumulator) -> tuple[object, ...]:
         return (acc.text, acc.completion_token_ids(), acc.finish_reason, acc.snapshot_identity, acc.done)
 
-    reference = CompletionAccumulator()
+    reference = FireworksAccumulator()
     for event in _events(stream):
         reference.feed_event(event)
     for step in (1, 3, 7, len(stream)):
-        fused = CompletionAccumulator()
+        fused = FireworksAccumulator()
         content = sum(fused.feed_bytes(stream[i : i + step]) for i in range(0, len(stream), step))
         content += fused.finish_bytes()
         assert summary(fused) == summary(reference) == ("ab", [5, 6], "length", "s", True)
         assert content == 2
-    unterminated = CompletionAccumulator()
+    unterminated = FireworksAccumulator()
     unterminated.feed_bytes(b"data: " + chunks[1].encode())
     assert unterminated.finish_reason is None and unterminated.finish_bytes() == 1
     assert unterminated.finish_reason == "length"
     with pytest.raises(AttemptError):
-        CompletionAccumulator().feed_bytes(
+        FireworksAccumulator().feed_bytes(
             b'event: error\ndata: {"error": {"message": "x", "code": 503}}\n\n'
         )

@@ -12,9 +12,9 @@ from scripted_server import FAST_RETRY, ScriptedServer, expected_tokens
 from engine.sampling import (
     DeploymentSampler,
     FixedConcurrencyController,
-    RetryPolicy,
     SampledCompletion,
     SamplingExhaustedError,
+    SamplingRetryPolicy,
     SamplingStatusError,
     SamplingTimeoutError,
     ServerMetrics,
@@ -54,7 +54,7 @@ class RecordingController:
 
 
 def make_sampler(
-    server: ScriptedServer, controller: Any = None, policy: RetryPolicy = FAST_RETRY, **kw: Any
+    server: ScriptedServer, controller: Any = None, policy: SamplingRetryPolicy = FAST_RETRY, **kw: Any
 ) -> DeploymentSampler:
     return DeploymentSampler(
         server.url, MODEL, "hl-secret-key", concurrency_controller=controller, retry_policy=policy, **kw
@@ -186,21 +186,21 @@ async def test_404_retried_briefly_then_fatal(scripted_server: ScriptedServer) -
 
 
 async def test_attempt_timeout_is_retried(scripted_server: ScriptedServer) -> None:
-    policy = RetryPolicy(backoff_initial_s=0.001, backoff_max_s=0.001, attempt_timeout_s=0.3)
+    policy = SamplingRetryPolicy(backoff_initial_s=0.001, backoff_max_s=0.001, attempt_timeout_s=0.3)
     scripted_server.script("stall:30")
     async with make_sampler(scripted_server, policy=policy) as sampler:
         [c] = await sampler.sample_with_prompt_tokens(PROMPT, max_tokens=16)
         check(c)
         assert c.attempts == 2
         scripted_server.script("stall:30", "stall:30")
-        short = RetryPolicy(max_attempts=2, backoff_initial_s=0.001, attempt_timeout_s=0.2)
+        short = SamplingRetryPolicy(max_attempts=2, backoff_initial_s=0.001, attempt_timeout_s=0.2)
         sampler.retry_policy = short
         with pytest.raises(SamplingTimeoutError):
             await sampler.sample_with_prompt_tokens(PROMPT)
 
 
 async def test_idle_stream_is_cut_and_retried(scripted_server: ScriptedServer) -> None:
-    policy = RetryPolicy(
+    policy = SamplingRetryPolicy(
         backoff_initial_s=0.001, backoff_max_s=0.001, attempt_timeout_s=30, idle_timeout_s=0.3
     )
     scripted_server.script("stall_mid:30")

@@ -10,9 +10,9 @@ import pytest
 import tinker
 from tinker.lib.public_interfaces.api_future import AwaitableConcurrentFuture
 
+from engine.backends.tinker import tinker_credentials
+from engine.backends.tinker.edge import await_future, map_error
 from engine.errors import ConfigError, FatalError, RetryableError, StuckError
-from engine.training import tinker_credentials
-from engine.training._sdk import await_future, map_error
 
 
 async def test_await_future_returns_result_set_from_another_thread() -> None:

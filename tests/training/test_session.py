@@ -11,9 +11,9 @@ import pytest
 import tinker
 import torch
 
+from engine.backends.tinker import TrainingSession
 from engine.errors import ConfigError, HotloopError
-from engine.local.models import load_model
-from engine.training import TrainingSession
+from engine.local.models import load_model, load_tokenizer
 from engine.weights import snapshot
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,9 @@ async def test_connect_builds_the_tinker_session_off_the_loop(
 
     monkeypatch.setattr(internal_client_holder.InternalClientHolder, "__init__", recording_init)
     loop_thread = threading.get_ident()
-    session = await TrainingSession.connect(trainer.url, KEY, "tiny", session_tag="cafe0001")
+    session = await TrainingSession.connect(
+        trainer.url, KEY, "tiny", session_tag="cafe0001", tokenizer_loader=load_tokenizer
+    )
     try:
         assert built_on and loop_thread not in built_on
         assert session.lora_rank == 0 and session.base_model == "tiny"

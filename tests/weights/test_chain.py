@@ -16,7 +16,7 @@ from engine.weights.chain import (
     Reset,
     Saved,
     apply,
-    hotload_metadata,
+    load_parent,
     needs_readback,
     plan_save,
 )
@@ -45,11 +45,7 @@ def test_deltas_chain_on_the_held_identity_and_full_every_n() -> None:
         kinds.append(plan.checkpoint_type)
         if plan.checkpoint_type == "delta":
             assert plan.parent == s.held  # always against what the deployment holds
-            assert hotload_metadata(apply(s, Saved(f"s{i}", "delta", plan.parent)), f"s{i}", "delta") == {
-                "previous_snapshot_identity": s.held,
-                "compression_format": chain.COMPRESSION_FORMAT,
-                "checksum_format": chain.CHECKSUM_FORMAT,
-            }
+            assert load_parent(apply(s, Saved(f"s{i}", "delta", plan.parent)), f"s{i}", "delta") == s.held
         s = _save_and_load(s, f"s{i}")
     assert kinds == ["base", "delta", "delta", "base", "delta", "delta", "base"]
 
@@ -67,7 +63,7 @@ def test_lora_is_always_base_without_metadata() -> None:
         assert plan_save(s) == chain.SavePlan("base", None)
         assert plan_save(s, "delta") == chain.SavePlan("base", None)
         s = _save_and_load(s, f"s{i}")
-    assert hotload_metadata(s, "s2", "delta") is None
+    assert load_parent(s, "s2", "delta") is None
 
 
 def test_foreign_identity_forces_base() -> None:
@@ -116,10 +112,10 @@ def test_overrides_and_bad_input() -> None:
     with pytest.raises(ChainError, match="unknown parent"):
         apply(s, Saved("x", "delta", "nope"))
     with pytest.raises(ChainError, match="parent snapshot is unknown"):
-        hotload_metadata(apply(ChainState(), Observed(None)), "zz", "delta")
+        load_parent(apply(ChainState(), Observed(None)), "zz", "delta")
     # A delta the chain did not save is assumed to sit on what the deployment holds.
-    assert hotload_metadata(s, "foreign-delta", "delta")["previous_snapshot_identity"] == "a"  # type: ignore[index]
-    assert hotload_metadata(s, "a", "base") is None
+    assert load_parent(s, "foreign-delta", "delta") == "a"
+    assert load_parent(s, "a", "base") is None
 
 
 def _events_for(state: ChainState, step: int) -> list[chain.Event]:

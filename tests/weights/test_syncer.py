@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from engine.backends.tinker.session import SamplerSnapshot
 from engine.errors import ConfigError, StuckError
-from engine.training.session import SamplerSnapshot
 from engine.weights import HotloadFailedError, WeightSyncer
 
 

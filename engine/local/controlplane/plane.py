@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,9 @@ from engine.local.controlplane.resources import (
     parse_int,
     parse_job_ref,
 )
+from engine.local.controlplane.schema import clean_deployment, clean_job
 from engine.local.controlplane.supervisor import Child, ChildStartError
+from engine.local.keys import CHILD_KEY_ENV, new_key
 from engine.log import get_logger
 
 log = get_logger("controlplane")
@@ -44,10 +46,13 @@ class ControlPlane:
         startup_timeout_s: float = 300.0,
         python: str = sys.executable,
         child_argv: Callable[[str, list[str]], list[str]] | None = None,
+        model_roots: Sequence[Path] = (),
     ) -> None:
         self.root = root
         self.default_model = default_model
         self.aliases = dict(aliases or {})
+        # baseModel may name a model directory only under these (and never reveals other paths).
+        self.model_roots = tuple(Path(r) for r in model_roots)
         self.startup_timeout_s = startup_timeout_s
         self.python = python
         # (kind, args) -> argv; tests swap in a stand-in server, the default runs `hotloop serve <kind>`.
@@ -65,8 +70,11 @@ class ControlPlane:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, child_key: str) -> dict[str, str]:
+        """The child's environment, carrying its own API key (never on the command line, which
+        every user of the host can read in ``ps``)."""
         env = dict(os.environ)
+        env[CHILD_KEY_ENV] = child_key
         # Children import `engine` from the same tree as the control plane, wherever they start.
         repo = str(Path(engine.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
@@ -116,11 +124,16 @@ class ControlPlane:
         check_id(job_id, "rlorTrainerJobId")
         if job_id in self.jobs:
             return 409, self.jobs[job_id]
+        body = clean_job(body)
         training = body.get("trainingConfig")
         if not isinstance(training, dict):
             raise ApiError(400, "trainingConfig: required object with at least baseModel")
         model = local_model(
-            training.get("baseModel"), "trainingConfig.baseModel", self.default_model, self.aliases
+            training.get("baseModel"),
+            "trainingConfig.baseModel",
+            self.default_model,
+            self.model_roots,
+            aliases=self.aliases,
         )
         lora_rank = parse_int(
             training, "loraRank", "trainingConfig.loraRank", default=0, lo=0, hi=MAX_LORA_RANK
@@ -164,16 +177,19 @@ class ControlPlane:
                 "--state-dir",
                 str(job.state_dir),
                 *_alias_args(job),
+                "--api-key-env",
+                CHILD_KEY_ENV,
             ],
         )
+        key = new_key("tml-")  # per process: the tinker client insists on the prefix
         child = Child(
             f"trainer[{job.job_id}]",
             argv,
             url_prefix="HOTLOOP_TRAINER_URL",
             log_path=job.job_dir / "trainer.log",
-            env=self._env(),
+            env=self._env(key),
         )
-        job.child = child
+        job.child, job.child_key = child, key
         try:
             url = await child.start(self.startup_timeout_s)
         except ChildStartError as exc:
@@ -263,7 +279,10 @@ class ControlPlane:
         check_id(deployment_id, "deploymentId")
         if deployment_id in self.deployments:
             return 409, self.deployments[deployment_id]
-        model = local_model(body.get("baseModel"), "baseModel", self.default_model, self.aliases)
+        body = clean_deployment(body)
+        model = local_model(
+            body.get("baseModel"), "baseModel", self.default_model, self.model_roots, aliases=self.aliases
+        )
         self._check_deployment_body(body)
         dep_dir = self.root / "deployments" / deployment_id
         bucket = self._linked_bucket(body, model, "hotLoadTrainerJob") or dep_dir / "bucket"
@@ -290,17 +309,17 @@ class ControlPlane:
     async def _run_deployment(self, dep: DeploymentRecord, gen: int, previous: Child | None) -> None:
         if previous is not None:
             await previous.stop()
-        argv = self.child_argv(
-            "deployment", ["--port", "0", "--model", dep.model, "--bucket", str(dep.bucket)]
-        )
+        args = ["--port", "0", "--model", dep.model, "--bucket", str(dep.bucket)]
+        argv = self.child_argv("deployment", [*args, "--api-key-env", CHILD_KEY_ENV])
+        key = new_key("hl-child-")
         child = Child(
             f"deployment[{dep.deployment_id}]",
             argv,
             url_prefix="HOTLOOP_DEPLOYMENT_URL",
             log_path=dep.dep_dir / "deployment.log",
-            env=self._env(),
+            env=self._env(key),
         )
-        dep.child = child
+        dep.child, dep.child_key = child, key
         try:
             url = await child.start(self.startup_timeout_s)
         except ChildStartError as exc:
@@ -334,6 +353,7 @@ class ControlPlane:
             raise ApiError(
                 400, f"updateMask: field(s) {unknown} cannot be updated (allowed: {sorted(allowed)})"
             )
+        body = clean_deployment(body)
         new_body = dict(dep.body)
         for f in fields:
             if f in body:

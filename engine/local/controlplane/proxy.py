@@ -1,7 +1,12 @@
 """The gateway: trainer API, inference and hot-load requests streamed through to the child processes.
 
 Bodies stream both ways and reads have no deadline (tinker's retrieve_future long-polls); only the
-connect is bounded. The caller's credentials stop here: children listen on 127.0.0.1 only.
+connect is bounded. The caller's credentials stop here: each child has its own key, which only the
+gateway holds, so nobody reaches a child on its 127.0.0.1 port without going through this auth.
+A caller that disconnects cancels its handler, which closes the upstream request (the deployment
+then frees the sequence's slot). A body the gateway had to read (to route it) is forwarded decoded,
+without its Content-Encoding; the caller's connection is passed on as ``X-Hotloop-Client`` for the
+deployment's per-client fairness.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from aiohttp import web
 from yarl import URL
 
 from engine.local.controlplane.plane import PLANE, ControlPlane
-from engine.local.controlplane.resources import ACCOUNT, ApiError, parse_deployment_ref
+from engine.local.controlplane.resources import ACCOUNT, ApiError, DeploymentRecord, parse_deployment_ref
+from engine.local.deployment.fairness import CLIENT_HEADER
+from engine.local.http_server import read_body
+from engine.local.inputs import BadInput, parse_json_object
 from engine.log import get_logger
 
 log = get_logger("controlplane.proxy")
@@ -30,9 +38,8 @@ _DROP_REQUEST = {
     "transfer-encoding",
     "upgrade",
 }
-_DROP_REQUEST |= {"host", "authorization", "x-api-key"}
+_DROP_REQUEST |= {"host", "authorization", "x-api-key", CLIENT_HEADER.lower()}
 _DROP_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "upgrade", "trailer"}
-TRAINER_GATEWAY_KEY = "tml-hotloop-gateway"
 
 
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -57,8 +64,10 @@ async def forward(
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST}
     headers.update(extra or {})
     data: Any = None
-    if body is not None:
+    if body is not None:  # read (and decoded) here: what goes on is plain bytes
         data = body
+        stale = ("content-encoding", "content-length")
+        headers = {k: v for k, v in headers.items() if k.lower() not in stale}
         headers["Content-Length"] = str(len(body))
     elif request.body_exists:
         data = request.content.iter_chunked(1 << 16)
@@ -91,7 +100,7 @@ def _check_lora(job_lora_rank: int, raw: bytes, job_id: str) -> None:
     """A create_model whose LoRA rank differs from the job's is a config error, not a trainer crash."""
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return  # let the trainer explain its own parse error
     lora = body.get("lora_config") if isinstance(body, dict) else None
     rank = lora.get("rank", 0) if isinstance(lora, dict) else 0
@@ -115,33 +124,45 @@ async def trainer_proxy(request: web.Request) -> web.StreamResponse:
         raise ApiError(503, f"trainer job {job_id!r} is {job.state}: {job.message}")
     body = None
     if request.method == "POST" and tail.strip("/") == "api/v1/create_model":
-        body = await request.read()
+        body = await read_body(request)
         _check_lora(job.lora_rank, body, job_id)
     return await forward(
         request,
         f"{job.url}/{tail}",
         body=body,
         what=f"trainer job {job_id!r}",
-        extra={"X-API-Key": TRAINER_GATEWAY_KEY},
+        extra={"X-API-Key": job.child_key or ""},
     )
 
 
-def _serving_url(plane: ControlPlane, deployment_id: str) -> str:
+def _serving(plane: ControlPlane, deployment_id: str) -> DeploymentRecord:
     dep = plane.deployment(deployment_id)
     if dep.state not in ("READY", "UPDATING") or not dep.url:
         raise ApiError(503, f"deployment {deployment_id!r} is not serving ({dep.state}: {dep.message})")
-    return dep.url
+    return dep
+
+
+def _child_headers(request: web.Request, dep: DeploymentRecord) -> dict[str, str]:
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    caller = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "unknown"
+    return {"X-Api-Key": dep.child_key or "", CLIENT_HEADER: caller}
 
 
 async def inference_proxy(request: web.Request) -> web.StreamResponse:
-    raw = await request.read()
+    raw = await read_body(request)
     try:
-        model = json.loads(raw).get("model")
-    except (ValueError, AttributeError) as exc:
-        raise ApiError(400, "request body: must be a JSON object with a 'model' field") from exc
-    dep_id = parse_deployment_ref(model, "model")
-    url = _serving_url(request.app[PLANE], dep_id)
-    return await forward(request, f"{url}{request.path}", body=raw, what=f"deployment {dep_id!r}")
+        body = parse_json_object(raw)
+    except BadInput as exc:
+        raise ApiError(400, f"request body: must be a JSON object with a 'model' field ({exc})") from exc
+    dep_id = parse_deployment_ref(body.get("model"), "model")
+    dep = _serving(request.app[PLANE], dep_id)
+    return await forward(
+        request,
+        f"{dep.url}{request.path}",
+        body=raw,
+        what=f"deployment {dep_id!r}",
+        extra=_child_headers(request, dep),
+    )
 
 
 async def hotload_proxy(request: web.Request) -> web.StreamResponse:
@@ -149,8 +170,13 @@ async def hotload_proxy(request: web.Request) -> web.StreamResponse:
     if not header:
         raise ApiError(400, "fireworks-deployment header: required ('accounts/local/deployments/<id>')")
     dep_id = parse_deployment_ref(header, "fireworks-deployment header")
-    url = _serving_url(request.app[PLANE], dep_id)
-    return await forward(request, f"{url}/hot_load/v1/models/hot_load", what=f"deployment {dep_id!r}")
+    dep = _serving(request.app[PLANE], dep_id)
+    return await forward(
+        request,
+        f"{dep.url}/hot_load/v1/models/hot_load",
+        what=f"deployment {dep_id!r}",
+        extra=_child_headers(request, dep),
+    )
 
 
 def add_routes(app: web.Application, plane: ControlPlane) -> None:

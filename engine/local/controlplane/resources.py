@@ -8,13 +8,15 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.local.controlplane.supervisor import Child
+from engine.local.inputs import BadInput, ascii_int
 from engine.local.models.factory import SPECS
+from engine.log import clip
 
 ACCOUNT = "local"
 MAX_LORA_RANK = 1024
@@ -50,39 +52,48 @@ def check_id(value: Any, field_name: str) -> str:
 
 
 def local_model(
-    base_model: Any, field_name: str, default_model: str | None, aliases: Mapping[str, str] | None = None
+    base_model: Any,
+    field_name: str,
+    default_model: str | None,
+    model_roots: Sequence[Path] = (),
+    aliases: Mapping[str, str] | None = None,
 ) -> str:
     """Map a base model name to what the embedded processes load: an alias (``hotloop up --alias
-    NAME=MODEL``), an embedded model name (tiny, small), a local HF directory, or
-    ``accounts/x/models/<name>`` of one; anything else falls back to the stack's ``--model`` when
-    one was given."""
+    NAME=MODEL``), an embedded model name (tiny, small), ``accounts/x/models/<name>`` of one, or a
+    model directory under one of ``model_roots``; anything else falls back to the stack's
+    ``--model`` when one was given.
+
+    Whether some other path exists on this host is never revealed: a path outside the roots gets
+    the same answer whether or not it exists."""
     if not isinstance(base_model, str) or not base_model.strip():
         raise ApiError(400, f"{field_name}: required (a model name such as 'tiny')")
     match = _MODEL_RESOURCE.match(base_model)
     short = match.group(1) if match else base_model
     for name in (base_model, short):
         if aliases and name in aliases:
-            return local_model(aliases[name], f"{field_name} (alias {name!r})", None)
+            return local_model(aliases[name], f"{field_name} (alias {name!r})", None, model_roots)
     if short in SPECS:
         return short
-    if Path(base_model).is_dir():
-        return str(Path(base_model).resolve())
+    candidate = Path(base_model)
+    if candidate.is_absolute() and "\0" not in base_model:
+        real = candidate.resolve()
+        if any(real.is_relative_to(root.resolve()) for root in model_roots) and real.is_dir():
+            return str(real)
     if default_model:
         return default_model
+    roots = ", ".join(str(r) for r in model_roots) or "none; start the stack with --model-root DIR"
     raise ApiError(
         400,
-        f"{field_name}: unknown model {base_model!r}; use one of {sorted(SPECS)}, a local model directory, "
-        "or start the stack with --model",
+        f"{field_name}: unknown model {clip(base_model, 200)}; use one of {sorted(SPECS)}, an absolute "
+        f"model directory under an allowed root ({roots}), or start the stack with --model",
     )
 
 
 def parse_int(body: dict[str, Any], key: str, field_name: str, *, default: int, lo: int, hi: int) -> int:
-    value = body.get(key, default)
-    if isinstance(value, str) and value.isdigit():  # proto3 JSON may send int64 as strings
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ApiError(400, f"{field_name}: must be an integer in [{lo}, {hi}], got {value!r}")
-    return value
+    try:
+        return ascii_int(body.get(key, default), field_name, lo, hi)  # proto3 JSON may send strings
+    except BadInput as exc:
+        raise ApiError(400, str(exc)) from exc
 
 
 def parse_job_ref(value: Any, field_name: str) -> str:
@@ -119,6 +130,7 @@ class JobRecord:
     create_time: float = field(default_factory=time.time)
     update_time: float = field(default_factory=time.time)
     child: Child | None = None
+    child_key: str | None = field(default=None, repr=False)  # the running trainer's key (memory only)
     url: str | None = None
     restarts: int = 0
     generation: int = 0  # bumped on every (re)start: an old supervisor task must not touch a new run
@@ -173,6 +185,7 @@ class DeploymentRecord:
     create_time: float = field(default_factory=time.time)
     update_time: float = field(default_factory=time.time)
     child: Child | None = None
+    child_key: str | None = field(default=None, repr=False)  # the running deployment's key (memory only)
     url: str | None = None
     generation: int = 0
 
@@ -206,13 +219,17 @@ class DeploymentRecord:
         }
 
 
+def _through_symlink(root: Path, path: Path) -> bool:
+    return path.resolve() != root.resolve() / path.relative_to(root)
+
+
 def list_checkpoints(job: JobRecord) -> list[dict[str, Any]]:
     """Training states (``STATE/<run>/weights/<name>``) and sampler snapshots (``BUCKET/<id>``), oldest
     first."""
     rows: list[tuple[float, dict[str, Any]]] = []
     if job.state_dir.is_dir():
         for weights in sorted(job.state_dir.glob("*/weights/*")):
-            if weights.is_dir():
+            if weights.is_dir() and not _through_symlink(job.state_dir, weights):
                 run_id, name = weights.parent.parent.name, weights.name
                 rows.append(
                     (
@@ -231,6 +248,8 @@ def list_checkpoints(job: JobRecord) -> list[dict[str, Any]]:
         # Bare identities (BUCKET/<name>) and the trainer's per-run ones (BUCKET/<run>/<name>).
         manifests = [*job.bucket.glob("*/manifest.json"), *job.bucket.glob("*/*/manifest.json")]
         for manifest in sorted(manifests):
+            if _through_symlink(job.bucket, manifest):
+                continue  # never read a file outside the bucket
             try:
                 kind = json.loads(manifest.read_text()).get("kind", "base")
             except (OSError, ValueError):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,15 +10,23 @@ from aiohttp import web
 from engine.local.controlplane import proxy
 from engine.local.controlplane.plane import PLANE, ControlPlane
 from engine.local.controlplane.resources import ACCOUNT, ApiError, list_checkpoints
-from engine.log import get_logger
+from engine.local.http_server import ServerLimits, check_head, key_matches, new_app, read_json
+from engine.local.inputs import INT64_MIN, BadInput, ascii_int
+from engine.log import get_logger, truncate
 
 log = get_logger("controlplane.http")
 API_KEY: web.AppKey[str] = web.AppKey("api_key", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# The control plane's own bodies are small JSON; 413 past this (the trainer gateway streams bodies
+# through to the trainer, which applies its own limit).
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
 def error_response(exc: ApiError) -> web.Response:
     headers = {"Retry-After": "1"} if exc.status == 503 else None
+    exc.message = truncate(exc.message, 2000)  # messages quote request values
     return web.json_response(exc.body(), status=exc.status, headers=headers)
 
 
@@ -39,7 +45,11 @@ def presented_keys(request: web.Request) -> list[str]:
 @web.middleware
 async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     expected = request.app[API_KEY]
-    if not any(hmac.compare_digest(k.encode(), expected.encode()) for k in presented_keys(request)):
+    try:
+        check_head(request)
+    except BadInput as exc:
+        return error_response(ApiError(exc.status, str(exc)))
+    if not any(key_matches(k, expected) for k in presented_keys(request)):
         reason = "missing" if not presented_keys(request) else "invalid"
         return error_response(
             ApiError(
@@ -52,6 +62,8 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     except ApiError as exc:
         return error_response(exc)
+    except BadInput as exc:
+        return error_response(ApiError(exc.status, f"request {exc}"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -62,15 +74,10 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
+    """Strict JSON (no NaN/Infinity, bounded depth, valid Unicode) under the body limit."""
     if not request.can_read_body:
         return {}
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body: not valid JSON ({exc})") from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, "request body: must be a JSON object")
-    return body
+    return await read_json(request)
 
 
 def check_account(request: web.Request) -> None:
@@ -142,10 +149,10 @@ async def job_checkpoints(request: web.Request) -> web.Response:
     job = request.app[PLANE].job(request.match_info["job"])
     rows = list_checkpoints(job)
     try:
-        size = max(1, min(int(request.query.get("pageSize", "200")), 1000))
-        start = int(request.query.get("pageToken") or 0)
-    except ValueError as exc:
-        raise ApiError(400, f"pageSize/pageToken: must be integers ({exc})") from exc
+        size = max(1, min(ascii_int(request.query.get("pageSize", "200"), "pageSize"), 1000))
+        start = ascii_int(request.query.get("pageToken") or "0", "pageToken", INT64_MIN)
+    except BadInput as exc:
+        raise ApiError(400, str(exc)) from exc
     if start < 0:  # a negative slice start would page from the end
         raise ApiError(400, f"pageToken: must be a token from nextPageToken, got {start}")
     page = rows[start : start + size]
@@ -180,7 +187,7 @@ async def deployment_item(request: web.Request) -> web.Response:
 
 
 def build_app(plane: ControlPlane, api_key: str) -> web.Application:
-    app = web.Application(middlewares=[auth_and_errors], client_max_size=1024**3)
+    app = new_app(ServerLimits(max_body_bytes=MAX_BODY_BYTES), middlewares=[auth_and_errors])
     app[PLANE] = plane
     app[API_KEY] = api_key
     jobs = "/v1/accounts/{account}/rlorTrainerJobs"

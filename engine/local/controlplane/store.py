@@ -12,12 +12,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.local.controlplane.resources import DeploymentRecord, JobRecord
+from engine.local.controlplane.resources import ApiError, DeploymentRecord, JobRecord, check_id
+from engine.local.controlplane.schema import clean_deployment, clean_job
+from engine.local.inputs import BadInput, parse_json
 from engine.log import get_logger
 
 log = get_logger("controlplane.store")
 JOB_FILE = "job.json"
 DEPLOYMENT_FILE = "deployment.json"
+MAX_RECORD_BYTES = 1024 * 1024  # records hold known, bounded fields only (``schema``)
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
@@ -65,8 +68,10 @@ def _load(paths: list[Path]) -> list[dict[str, Any]]:
     rows = []
     for path in sorted(paths):
         try:
-            rows.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as exc:  # a foreign or torn file must not stop the stack
+            if path.is_symlink() or path.stat().st_size > MAX_RECORD_BYTES:
+                raise ValueError("a symlink or an oversized file, not a record this stack wrote")
+            rows.append(parse_json(path.read_bytes()))
+        except (OSError, ValueError, BadInput) as exc:  # a foreign or torn file must not stop the stack
             log.warning("skipping unreadable record", path=str(path), error=str(exc))
     return rows
 
@@ -75,11 +80,16 @@ def load_jobs(root: Path) -> list[JobRecord]:
     jobs = []
     for row in _load(list(root.glob(f"jobs/*/{JOB_FILE}"))):
         try:
+            check_id(row["job_id"], "job_id")
             job = JobRecord(
-                row["job_id"], root / "jobs" / row["job_id"], row["body"], row["model"], row["lora_rank"]
+                row["job_id"],
+                root / "jobs" / row["job_id"],
+                clean_job(row["body"]),
+                row["model"],
+                row["lora_rank"],
             )
             job.create_time, job.restarts = row["create_time"], row["restarts"]
-        except (KeyError, TypeError) as exc:  # a record missing fields must not stop the stack either
+        except (KeyError, TypeError, ApiError) as exc:  # a record missing fields must not stop the stack
             log.warning("skipping malformed job record", error=repr(exc))
             continue
         if row.get("deleted"):
@@ -92,12 +102,16 @@ def load_deployments(root: Path) -> list[DeploymentRecord]:
     deps = []
     for row in _load(list(root.glob(f"deployments/*/{DEPLOYMENT_FILE}"))):
         try:
-            dep_id = row["deployment_id"]
+            dep_id = check_id(row["deployment_id"], "deployment_id")
             dep = DeploymentRecord(
-                dep_id, root / "deployments" / dep_id, row["body"], row["model"], Path(row["bucket"])
+                dep_id,
+                root / "deployments" / dep_id,
+                clean_deployment(row["body"]),
+                row["model"],
+                Path(row["bucket"]),
             )
             dep.create_time = row["create_time"]
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ApiError) as exc:
             log.warning("skipping malformed deployment record", error=repr(exc))
             continue
         deps.append(dep)

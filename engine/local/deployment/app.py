@@ -8,9 +8,8 @@ scheduler's worker thread.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,12 @@ from typing import Any
 from aiohttp import web
 
 from engine.local.deployment.batch_runner import BatchRunner
+from engine.local.deployment.edge import auth, client_of, edge, longest_token_chars, request_id_of
+from engine.local.deployment.edge import error as _error
 from engine.local.deployment.hotload import HotLoadBusyError, HotLoader
 from engine.local.deployment.metrics import DeploymentMetrics
 from engine.local.deployment.protocol import (
+    CompletionPlan,
     DeploymentBadRequest,
     parse_completion,
     parse_hot_load,
@@ -29,11 +31,11 @@ from engine.local.deployment.protocol import (
 from engine.local.deployment.responses import CompletionBuilder
 from engine.local.deployment.scheduler import Scheduler
 from engine.local.deployment.state import QueueFullError, RequestHandle, Update
+from engine.local.http_server import OFF_LOOP_BYTES, ServerLimits, make_runner, new_app, read_body, start_site
 from engine.log import get_logger
 
 log = get_logger(__name__)
 STATE: web.AppKey[Deployment] = web.AppKey("deployment")
-OPEN_PATHS = ("/health", "/metrics")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class DeploymentServerSettings:
     seed: int = 0
     threads: int = 1  # torch intra-op threads of the engine thread
     prompt_cache_tokens: int = 8192  # LRU of prompt K/V, in prompt tokens (0 disables it)
+    max_body_bytes: int = 16 * 1024 * 1024  # decoded request body (413 beyond)
 
 
 class Deployment:
@@ -60,6 +63,9 @@ class Deployment:
         self.scheduler: Scheduler | None = None
         self.hotloader: HotLoader | None = None
         self.tokenizer: Any = None
+        self.max_prompt_chars: int | None = None  # a longer text prompt cannot fit the context
+        # Tokenizing and validating large requests runs here, never on the event loop.
+        self.prep = ThreadPoolExecutor(2, thread_name_prefix="deployment-prep")
         self.metrics = DeploymentMetrics(
             waiting=lambda: self.scheduler.waiting if self.scheduler else 0,
             running=lambda: self.scheduler.running if self.scheduler else 0,
@@ -72,6 +78,8 @@ class Deployment:
         model, self.tokenizer = await asyncio.to_thread(
             lambda: (load_model(self.config.model), load_tokenizer(self.config.model))
         )
+        longest = await asyncio.to_thread(longest_token_chars, self.tokenizer)
+        self.max_prompt_chars = int(model.config.max_position_embeddings) * longest
         runner = BatchRunner(
             model,
             pad_token_id=self.tokenizer.pad_token_id,
@@ -100,50 +108,46 @@ class Deployment:
             await self.hotloader.close()
         if self.scheduler is not None:
             await asyncio.to_thread(self.scheduler.close)
+        self.prep.shutdown(wait=False, cancel_futures=True)
 
-
-def _error(
-    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
-) -> web.Response:
-    kind = "invalid_request_error" if status == 400 else "server_error"
-    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
-    return web.json_response(body, status=status, headers=headers)
-
-
-@web.middleware
-async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
-    key = request.app[STATE].config.api_key
-    if key and request.path not in OPEN_PATHS:
-        bearer = request.headers.get("Authorization", "")
-        given = bearer[7:] if bearer.lower().startswith("bearer ") else request.headers.get("X-Api-Key", "")
-        if not hmac.compare_digest(given.encode(), key.encode()):  # constant-time
-            return _error(401, "missing or wrong API key (Authorization: Bearer ... or X-Api-Key)")
-    result: web.StreamResponse = await handler(request)
-    return result
+    def plan(self, raw: bytes, data: dict[str, Any] | None) -> CompletionPlan:
+        """Blocking when the prompt is text (tokenizing): the handler runs it on ``prep`` then."""
+        assert self.scheduler is not None
+        runner = self.scheduler.runner
+        return parse_completion(
+            data if data is not None else parse_json(raw),
+            tokenizer=self.tokenizer,
+            vocab_size=runner.vocab_size,
+            max_positions=runner.max_positions,
+            eos_token_id=self.tokenizer.eos_token_id,
+            max_prompt_chars=self.max_prompt_chars,
+        )
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     dep = request.app[STATE]
     assert dep.scheduler is not None and dep.hotloader is not None
     scheduler = dep.scheduler
-    runner = scheduler.runner
+    request_id = request_id_of(request)
+    raw = await read_body(request)
     try:
-        plan = parse_completion(
-            parse_json(await request.read()),
-            tokenizer=dep.tokenizer,
-            vocab_size=runner.vocab_size,
-            max_positions=runner.max_positions,
-            eos_token_id=dep.tokenizer.eos_token_id,
-        )
+        # Small bodies with a token-id prompt validate on the loop; text (tokenizing) or large ones
+        # on the prep threads, so /health and every stream keep being served meanwhile.
+        data = parse_json(raw) if len(raw) <= OFF_LOOP_BYTES else None
+        if data is not None and not isinstance(data.get("prompt"), str):
+            plan = dep.plan(raw, data)
+        else:
+            plan = await asyncio.get_running_loop().run_in_executor(dep.prep, dep.plan, raw, data)
     except DeploymentBadRequest as exc:
         dep.metrics.rejected.labels("400").inc()
         return _error(400, str(exc), exc.field)
     if dep.config.reject_during_load and dep.hotloader.loading:
         dep.metrics.rejected.labels("425").inc()
         return _error(425, "a hot-load is in progress; retry shortly", headers={"Retry-After": "1"})
-    request_id = request.headers.get("x-request-id") or f"cmpl-{uuid.uuid4().hex}"
     builder = CompletionBuilder(plan, dep.tokenizer, request_id, plan.model)
-    handle = RequestHandle(len(plan.specs))
+    handle = RequestHandle(
+        len(plan.specs), client=client_of(request, trust_forwarded=bool(dep.config.api_key))
+    )
     try:
         scheduler.submit(handle, plan.specs)
     except QueueFullError as exc:
@@ -254,7 +258,7 @@ async def hot_load_post(request: web.Request) -> web.Response:
     dep = request.app[STATE]
     assert dep.hotloader is not None
     try:
-        req = parse_hot_load(parse_json(await request.read()))
+        req = parse_hot_load(parse_json(await read_body(request)))
     except DeploymentBadRequest as exc:
         return _error(400, str(exc), exc.field)
     try:
@@ -295,8 +299,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_app(config: DeploymentServerSettings) -> web.Application:
-    app = web.Application(middlewares=[_auth], client_max_size=64 * 1024 * 1024)
     dep = Deployment(config)
+    middlewares = [edge(lambda status: dep.metrics.rejected.labels(str(status)).inc()), auth(config.api_key)]
+    app = new_app(ServerLimits(max_body_bytes=config.max_body_bytes), middlewares=middlewares)
     app[STATE] = dep
 
     async def on_startup(_: web.Application) -> None:
@@ -334,16 +339,15 @@ class DeploymentServer:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        # handler_cancellation: a client that disconnects cancels its handler, which frees its slot
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        # handler_cancellation (make_runner's default): a client that disconnects cancels its
+        # handler, which frees its slot.
+        self._runner = make_runner(self.app)
         await self._runner.setup()  # runs on_startup: the model is loaded, the engine thread started
         try:
-            await web.TCPSite(self._runner, self.host, self.port).start()
+            self.port = await start_site(self._runner, self.host, self.port)
         except BaseException:  # e.g. the port is taken: stop the engine thread, do not leak it
             await self.stop()
             raise
-        sockets = self._runner.addresses
-        self.port = int(sockets[0][1])
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -12,6 +12,9 @@ import signal
 import sys
 from pathlib import Path
 
+from engine.errors import ConfigError
+from engine.local.keys import add_key_arguments, resolve_key
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0 picks a free one)")
@@ -27,7 +30,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--prompt-cache-tokens", type=int, default=8192, help="LRU prompt K/V cache size in tokens (0: off)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for the engine thread")
-    parser.add_argument("--api-key", default=None, help="require this key (Bearer or X-Api-Key)")
+    add_key_arguments(parser, "require this key (Bearer or X-Api-Key)")
+    parser.add_argument(
+        "--max-body-mb", type=float, default=16.0, help="largest request body, decoded (413 beyond)"
+    )
     parser.add_argument(
         "--hot-load-mode",
         choices=["wait", "reject"],
@@ -42,13 +48,19 @@ def main(args: argparse.Namespace) -> int:
     if args.max_batch < 1 or args.max_waiting < 1:
         print("hotloop serve deployment: --max-batch and --max-waiting must be >= 1", file=sys.stderr)
         return 2
+    try:
+        api_key = resolve_key(args)
+    except ConfigError as exc:
+        print(f"hotloop serve deployment: {exc}", file=sys.stderr)
+        return 2
     config = DeploymentServerSettings(
         model=args.model,
         bucket=args.bucket,
         max_batch=args.max_batch,
         max_waiting=args.max_waiting,
         prefill_token_budget=args.prefill_token_budget,
-        api_key=args.api_key,
+        api_key=api_key,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         threads=args.threads,
         prompt_cache_tokens=args.prompt_cache_tokens,
         reject_during_load=args.hot_load_mode == "reject",

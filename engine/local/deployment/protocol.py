@@ -6,17 +6,33 @@ fault (rendered as an OpenAI-style 400 by the app).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+)
 
 from engine.local.deployment.state import SeqSpec
 from engine.local.deployment.token_selection import SamplingParams
+from engine.local.inputs import BadInput, parse_json_object
+from engine.log import clip
+from engine.weights.names import SnapshotError, check_identity
 
 MAX_N = 64
 MAX_TOP_LOGPROBS = 20
+# Stop strings are searched for in every sequence after every token: bounded in count and length.
+MAX_STOP = 32
+MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 1024
+MAX_INT = 2**31 - 1
+StopString = Annotated[str, StringConstraints(max_length=MAX_STOP_CHARS)]
 
 
 class DeploymentBadRequest(ValueError):
@@ -36,13 +52,13 @@ class CompletionRequest(BaseModel):
     model: str | None = None
     prompt: str | list[StrictInt]
     n: int = Field(1, ge=1, le=MAX_N)
-    max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=100.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=-1)
+    max_tokens: int = Field(16, ge=1, le=MAX_INT)
+    temperature: float = Field(1.0, ge=0.0, le=100.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_k: int = Field(0, ge=-1, le=MAX_INT)
     seed: int | None = None
-    stop: str | list[str | StrictInt] | None = None
-    stop_token_ids: list[StrictInt] | None = None
+    stop: StopString | Annotated[list[StopString | StrictInt], Field(max_length=MAX_STOP)] | None = None
+    stop_token_ids: Annotated[list[StrictInt], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
     ignore_eos: bool = False
     logprobs: StrictBool | StrictInt | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -78,13 +94,11 @@ class CompletionPlan:
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
+    """Strict JSON (``engine.local.inputs``): no NaN, bounded depth and numbers, valid Unicode."""
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DeploymentBadRequest("body", f"invalid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise DeploymentBadRequest("body", "expected a JSON object")
-    return data
+        return parse_json_object(body)
+    except BadInput as exc:
+        raise DeploymentBadRequest(exc.field, exc.message) from exc
 
 
 def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
@@ -102,27 +116,41 @@ def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
 
 
 def parse_completion(
-    data: dict[str, Any], *, tokenizer: Any, vocab_size: int, max_positions: int, eos_token_id: int | None
+    data: dict[str, Any],
+    *,
+    tokenizer: Any,
+    vocab_size: int,
+    max_positions: int,
+    eos_token_id: int | None,
+    max_prompt_chars: int | None = None,
 ) -> CompletionPlan:
+    """``max_prompt_chars``: a text prompt longer than this cannot fit the context (the caller
+    derives it from the tokenizer's longest token) and is refused before it is tokenized."""
     req: CompletionRequest = _validate(CompletionRequest, data)
     # Choice i is seeded with seed + i; torch.Generator.manual_seed takes [-2**63, 2**64).
     if req.seed is not None and not -(2**63) <= req.seed <= 2**64 - req.n:
         raise DeploymentBadRequest("seed", f"must be an integer in [-2**63, 2**64 - n), got {req.seed}")
     if isinstance(req.prompt, str):
+        if max_prompt_chars is not None and len(req.prompt) > max_prompt_chars:
+            raise DeploymentBadRequest(
+                "prompt",
+                f"{len(req.prompt)} characters cannot fit the model's context of {max_positions} tokens "
+                f"(at most {max_prompt_chars} characters)",
+            )
         prompt = list(tokenizer.encode(req.prompt, add_special_tokens=False))
     else:
         prompt = list(req.prompt)
     if not prompt:
         raise DeploymentBadRequest("prompt", "must not be empty")
-    for i, tok in enumerate(prompt):
-        if not 0 <= tok < vocab_size:
-            raise DeploymentBadRequest(
-                f"prompt[{i}]", f"token id {tok} is outside the vocabulary [0, {vocab_size})"
-            )
-    if len(prompt) >= max_positions:
+    if len(prompt) >= max_positions:  # before the per-token checks: their cost scales with the prompt
         raise DeploymentBadRequest(
             "prompt", f"{len(prompt)} tokens leave no room in the model's context of {max_positions} tokens"
         )
+    for i, tok in enumerate(prompt):
+        if not 0 <= tok < vocab_size:
+            raise DeploymentBadRequest(
+                f"prompt[{i}]", f"token id {clip(tok, 40)} is outside the vocabulary [0, {vocab_size})"
+            )
     stop_strings: list[str] = []
     stop_ids: set[int] = set(req.stop_token_ids or [])
     stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
@@ -163,5 +191,17 @@ def parse_completion(
 
 
 def parse_hot_load(data: dict[str, Any]) -> HotLoadRequest:
+    """Validated before the 200: an identity that cannot name a snapshot (``../x``, ``/etc/x``) is a
+    400 now, not an error stage later."""
     req: HotLoadRequest = _validate(HotLoadRequest, data)
+    try:
+        check_identity(req.identity)  # a bare name or <run>/<name>
+    except SnapshotError as exc:
+        raise DeploymentBadRequest("identity", str(exc)) from exc
+    meta = req.incremental_snapshot_metadata
+    previous = meta.get("previous_snapshot_identity") if meta is not None else None
+    if previous is not None and not isinstance(previous, str):
+        raise DeploymentBadRequest(
+            "incremental_snapshot_metadata.previous_snapshot_identity", "must be a string"
+        )
     return req

@@ -1,5 +1,6 @@
-"""Continuous batching: a bounded FIFO waiting queue and a running batch that sequences join and leave
-between decode steps, driven by ONE worker thread that owns the model.
+"""Continuous batching: a bounded waiting queue (admitted fairly across clients, see ``fairness``)
+and a running batch that sequences join and leave between decode steps, driven by ONE worker thread
+that owns the model.
 
 One iteration of the worker: drop cancelled sequences; if a weight swap is pending and the batch has
 drained, apply it (SYNC transition: nothing new is admitted while a swap waits, so in-flight
@@ -33,6 +34,7 @@ import torch
 
 from engine.local.deployment.batch_runner import BatchRunner
 from engine.local.deployment.detok import TextTracker
+from engine.local.deployment.fairness import fair_order
 from engine.local.deployment.state import (
     QueueFullError,
     RequestHandle,
@@ -128,6 +130,8 @@ class Scheduler:
         self._waiting: deque[_Seq] = deque()
         self._rows: list[_Seq] = []
         self._swap: _Swap | None = None
+        self._last_turn: dict[str, int] = {}  # client -> when it was last admitted (``fairness``)
+        self._turns = 0
         self._stop = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -220,14 +224,8 @@ class Scheduler:
                 if self._swap is not None and not self._rows:
                     swap, self._swap = self._swap, None
                 admitted: list[_Seq] = []
-                if self._swap is None:
-                    count = plan_admission(
-                        [len(s.spec.prompt) for s in self._waiting],
-                        len(self._rows),
-                        self.max_batch,
-                        self.prefill_token_budget,
-                    )
-                    admitted = [self._waiting.popleft() for _ in range(count)]
+                if self._swap is None and self._waiting and len(self._rows) < self.max_batch:
+                    admitted = self._admit()
             updates: dict[RequestHandle, list[Update]] = {}
             try:
                 if swap is not None:
@@ -248,6 +246,25 @@ class Scheduler:
                 self._post(functools.partial(_fail, failed, RuntimeError(f"engine error: {exc}")))
             if updates:
                 self._post(functools.partial(_dispatch, updates))
+
+    def _admit(self) -> list[_Seq]:
+        """Take the sequences that join the batch now (under the lock): fair across clients."""
+        waiting = list(self._waiting)
+        owners = [s.handle.client for s in waiting]
+        ordered = [waiting[i] for i in fair_order(owners, self._last_turn)]
+        count = plan_admission(
+            [len(s.spec.prompt) for s in ordered], len(self._rows), self.max_batch, self.prefill_token_budget
+        )
+        admitted = ordered[:count]
+        for seq in admitted:
+            self._turns += 1
+            self._last_turn[seq.handle.client] = self._turns
+        taken = {id(s) for s in admitted}
+        self._waiting = deque(s for s in waiting if id(s) not in taken)
+        # Remember only clients still waiting: the map stays as small as the queue.
+        still = {s.handle.client for s in self._waiting}
+        self._last_turn = {c: t for c, t in self._last_turn.items() if c in still}
+        return admitted
 
     def _post(self, fn: Any) -> None:
         if self._loop is not None and not self._loop.is_closed():

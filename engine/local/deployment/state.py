@@ -65,8 +65,9 @@ class QueueFullError(Exception):
 class RequestHandle:
     """The event-loop side of one request: updates arrive on ``queue`` (lists of Update, or an error)."""
 
-    def __init__(self, n: int, arrival: float | None = None) -> None:
+    def __init__(self, n: int, arrival: float | None = None, client: str = "") -> None:
         self.n = n
+        self.client = client  # whose share of the waiting queue this request uses (``fairness``)
         self.arrival = time.perf_counter() if arrival is None else arrival
         self.queue: asyncio.Queue[list[Update] | BaseException] = asyncio.Queue()
         self.cancelled = False  # set by the handler when the client is gone; read by the worker

@@ -9,39 +9,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import zstandard
 from aiohttp import web
 
+from engine.local.http_server import (
+    ServerLimits,
+    check_head,
+    key_matches,
+    new_app,
+    read_body,
+    read_json,
+)
+from engine.local.inputs import BadInput
 from engine.local.trainer import external, runs
 from engine.local.trainer.client_errors import client_errors
 from engine.local.trainer.config import TrainerBadRequest
+from engine.local.trainer.limits import MAX_JSON_BYTES
 from engine.local.trainer.logs import LazyLogger
-from engine.local.trainer.proto import FwdBwdRequest, decode_forward_backward
+from engine.local.trainer.proto import decode_forward_backward
 from engine.local.trainer.service import TrainerService
+from engine.log import truncate
 
 log = LazyLogger("trainer.app")
 SERVICE: web.AppKey[TrainerService] = web.AppKey("service", TrainerService)
 PROTO = "application/x-protobuf"
+MAX_DETAIL_CHARS = 2000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"detail": message}, status=status)
+    # Messages quote request values; a bounded body must not become an unbounded answer.
+    return web.json_response({"detail": truncate(message, MAX_DETAIL_CHARS)}, status=status)
 
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        check_head(request)
         return await handler(request)
     except TrainerBadRequest as exc:  # logged by client_errors, with every other 4xx
         return _error(exc.status, str(exc))
+    except BadInput as exc:  # logged by client_errors too
+        too_large = "request body too large: " if exc.status == 413 else ""
+        return _error(exc.status, f"{too_large}{exc}")
     except web.HTTPRequestEntityTooLarge as exc:
         limit = request.app[SERVICE].config.max_body_bytes
         return _error(413, f"request body too large: the limit is {limit} bytes ({exc.text})")
@@ -54,15 +68,6 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
 
-def _decode_fwdbwd(body: bytes, zstd: bool, max_output_size: int) -> FwdBwdRequest:
-    if zstd:
-        try:
-            body = zstandard.ZstdDecompressor().decompress(body, max_output_size=max_output_size)
-        except zstandard.ZstdError as exc:
-            raise TrainerBadRequest(f"zstd body could not be decompressed: {exc}") from exc
-    return decode_forward_backward(body)
-
-
 def auth(api_key: str | None) -> Any:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -70,7 +75,7 @@ def auth(api_key: str | None) -> Any:
             given = request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix(
                 "Bearer "
             )
-            if not hmac.compare_digest(given.encode(), api_key.encode()):  # constant-time
+            if not key_matches(given, api_key):  # constant-time
                 return _error(401, "missing or wrong X-API-Key")
         return await handler(request)
 
@@ -78,14 +83,7 @@ def auth(api_key: str | None) -> Any:
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    try:
-        body = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TrainerBadRequest(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise TrainerBadRequest("request body must be a JSON object")
-    return body
+    return await read_json(request, max_bytes=min(MAX_JSON_BYTES, request.app[SERVICE].config.max_body_bytes))
 
 
 class Idempotency:
@@ -108,10 +106,8 @@ class Idempotency:
 
 
 def build_app(service: TrainerService) -> web.Application:
-    app = web.Application(
-        client_max_size=service.config.max_body_bytes,
-        middlewares=[client_errors, errors, auth(service.config.api_key)],
-    )
+    limits = ServerLimits(max_body_bytes=service.config.max_body_bytes)
+    app = new_app(limits, middlewares=[client_errors, errors, auth(service.config.api_key)])
     app[SERVICE] = service
     idem = Idempotency()
     svc = service
@@ -130,10 +126,9 @@ def build_app(service: TrainerService) -> web.Application:
     async def forward_backward(request: web.Request) -> web.Response:
         if (seen := idem.get(request)) is not None:
             return web.json_response(seen)
-        body = await request.read()
-        zstd = request.headers.get("Content-Encoding", "").lower() == "zstd"
-        # Decompressing and parsing tens of MB is CPU work: off the loop (submitting stays on it).
-        req = await asyncio.to_thread(_decode_fwdbwd, body, zstd, svc.config.max_body_bytes * 4)
+        body = await read_body(request)  # zstd/gzip decoded off the loop, bounded by max_body_bytes
+        # Parsing tens of MB is CPU work: off the loop (submitting stays on it).
+        req = await asyncio.to_thread(decode_forward_backward, body)
         answer = svc.forward_backward(req)
         idem.put(request, answer)
         return web.json_response(answer)

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.local.trainer.config import NotFound, TrainerBadRequest
-from engine.weights.snapshot import SnapshotError, check_identity, check_name, run_identity
+from engine.weights.names import SnapshotError, check_identity, check_name, contained, run_identity
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._\-]{0,200}$")
 PathKind = Literal["weights", "sampler_weights"]
@@ -62,9 +62,14 @@ def parse_tinker_path(path: str, field: str = "path") -> TinkerPath:
 
 
 def state_path(state_dir: Path, run_id: str, name: str) -> Path:
+    """``STATE_DIR/<run_id>/weights/<name>``; refused if a symlink below the state dir would lead
+    elsewhere (saves, loads, listings and deletes all come through here)."""
     if not _RUN_ID.match(run_id) or ".." in run_id:
         raise TrainerBadRequest(f"invalid run id {run_id!r}")
-    return state_dir / run_id / "weights" / safe_name(name)
+    try:
+        return contained(state_dir, run_id, "weights", safe_name(name))
+    except SnapshotError as exc:
+        raise TrainerBadRequest(f"checkpoint path {run_id}/weights/{name}: {exc}") from exc
 
 
 def _moments(

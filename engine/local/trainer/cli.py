@@ -13,6 +13,9 @@ import signal
 import sys
 from pathlib import Path
 
+from engine.errors import ConfigError
+from engine.local.keys import add_key_arguments, resolve_key
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0 picks a free one)")
@@ -22,7 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir", type=Path, default=None, help="save_state checkpoints (default: <bucket>/../state)"
     )
-    parser.add_argument("--api-key", default=None, help="require this X-API-Key (default: accept any)")
+    add_key_arguments(parser, "require this X-API-Key (default: accept any)")
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body (413 beyond)")
     parser.add_argument(
         "--seq-gap-timeout",
@@ -47,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, api_key: str | None) -> int:
     from engine.local.aliases import AliasError, parse_aliases
     from engine.local.trainer.config import TrainerConfig
     from engine.local.trainer.logs import LazyLogger
@@ -65,7 +68,7 @@ async def _serve(args: argparse.Namespace) -> int:
         state_dir=args.state_dir.resolve() if args.state_dir else None,
         host=args.host,
         port=args.port,
-        api_key=args.api_key,
+        api_key=api_key,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         seq_gap_timeout_s=args.seq_gap_timeout,
         poll_timeout_s=args.poll_timeout,
@@ -93,7 +96,12 @@ def main(args: argparse.Namespace) -> int:
     from engine.local.aliases import AliasError
 
     try:
-        code = asyncio.run(_serve(args))
+        api_key = resolve_key(args)
+    except ConfigError as exc:
+        print(f"hotloop serve trainer: {exc}", file=sys.stderr)
+        return 2
+    try:
+        code = asyncio.run(_serve(args, api_key))
     except AliasError as exc:
         print(f"hotloop serve trainer: {exc}", file=sys.stderr)
         return 2

@@ -32,13 +32,19 @@ from urllib.parse import quote
 from engine.local.trainer import checkpoints
 from engine.local.trainer.config import NotFound, TrainerBadRequest
 from engine.local.trainer.models import ModelState
+from engine.weights.names import SnapshotError, contained
 
 URL_TTL_S = 3600
 KIND = "external_weights"
 
 
 def export_dir(state_dir: Path, run_id: str, name: str) -> Path:
-    return checkpoints.state_path(state_dir, run_id, name).parent.parent / KIND / checkpoints.safe_name(name)
+    """``STATE_DIR/<run_id>/external_weights/<name>``, refused through a symlink (as state_path)."""
+    checkpoints.state_path(state_dir, run_id, name)  # validates the run id and the name
+    try:
+        return contained(state_dir, run_id, KIND, name)
+    except SnapshotError as exc:
+        raise TrainerBadRequest(f"external weights {run_id}/{name}: {exc}") from exc
 
 
 def parse_recipients(value: Any) -> list[str] | None:

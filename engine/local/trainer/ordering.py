@@ -3,9 +3,11 @@
 Policy for a skipped seq_id: a request ahead of the next expected seq_id is *held* (the client's
 parallel fwd/bwd chunks legitimately arrive out of order). If the gap is not filled within
 ``gap_timeout_s``, every held request fails with a clear user error naming the missing seq_ids, and
-ordering resumes after the highest failed one. A seq_id already used (or already queued) is
-rejected at once with a 400. A request without a seq_id (hotloop's own raw calls, e.g. a
-save_weights_for_sampler carrying checkpoint_type) consumes no seq_id: it runs after every
+ordering resumes after the highest failed one. At most ``SEQ_WINDOW`` seq_ids ahead are held (and
+as many unsequenced requests queued): further ahead is a 429, retried once the window has moved.
+A seq_id already used (or already queued) is rejected at once with a 400. A request without a
+seq_id (hotloop's own raw calls, e.g. a save_weights_for_sampler carrying checkpoint_type) consumes
+no seq_id: it runs after every
 sequenced request submitted before it, so it never collides with the official client's numbering.
 Each op runs on the model's single worker thread, so compute never runs on the event loop and two
 ops of one model never overlap.
@@ -23,6 +25,7 @@ from typing import Any
 
 from engine.local.trainer.config import TrainerBadRequest
 from engine.local.trainer.futures import FutureStore, Outcome
+from engine.local.trainer.limits import SEQ_WINDOW, Backlogged
 from engine.local.trainer.logs import LazyLogger
 
 log = LazyLogger("trainer.ordering")
@@ -65,12 +68,21 @@ class OrderedQueue:
 
     def submit(self, seq_id: int | None, request_id: str, fn: Callable[[], Outcome], label: str) -> None:
         if seq_id is None:
+            if sum(len(ops) for ops in self._after.values()) >= SEQ_WINDOW:
+                raise Backlogged(f"model {self.name} already queues {SEQ_WINDOW} unsequenced requests")
             anchor = max([self.next_seq_id - 1, *self._pending])
             self._after.setdefault(anchor, []).append(_Op(None, request_id, fn, label))
         elif seq_id < self.next_seq_id or seq_id in self._pending:
             raise TrainerBadRequest(
                 f"seq_id {seq_id} for model {self.name} was already used; the next expected seq_id is "
                 f"{self.next_seq_id}"
+            )
+        elif seq_id >= self.next_seq_id + SEQ_WINDOW:
+            # Held requests pin their payloads: the next expected seq_id always fits, so a client
+            # retrying this later (429) cannot deadlock the order.
+            raise Backlogged(
+                f"seq_id {seq_id} for model {self.name} is more than {SEQ_WINDOW} ahead of the next "
+                f"expected seq_id {self.next_seq_id}; retry once the earlier ones arrive"
             )
         else:
             self._pending[seq_id] = _Op(seq_id, request_id, fn, label)
@@ -126,12 +138,13 @@ class OrderedQueue:
 
     def _fail_gap(self) -> None:
         held = sorted(self._pending)
-        missing = [s for s in range(self.next_seq_id, held[-1]) if s not in self._pending]
+        missing = describe_missing(self.next_seq_id, held)
+        shown = str(held) if len(held) <= 10 else f"[{held[0]}, ... {held[-1]}] ({len(held)} requests)"
         message = (
             f"seq_id(s) {missing} of model {self.name} never arrived within {self._gap_timeout_s:g}s; "
-            f"requests {held} were held waiting for them and are rejected (seq_ids must be consecutive)"
+            f"requests {shown} were held waiting for them and are rejected (seq_ids must be consecutive)"
         )
-        log.warning("seq_gap", model_id=self.name, missing=missing, held=held)
+        log.warning("seq_gap", model_id=self.name, missing=missing, held=shown)
         for seq in held:
             self._store.resolve(self._pending.pop(seq).request_id, Outcome.error(message, "user"))
         self.next_seq_id = held[-1] + 1
@@ -166,6 +179,24 @@ class OrderedQueue:
             self._store.resolve(op.request_id, outcome)
             if not self._pending and not self._after:
                 self._idle.set()
+
+
+def describe_missing(first: int, held: list[int], most: int = 10) -> str:
+    """The ids in [first, held[-1]) not in ``held`` (sorted): as a list when few, else as ranges.
+
+    Walks the held ids only, never the gap, so its cost does not depend on how large the gap is."""
+    ranges: list[tuple[int, int]] = []
+    expected = first
+    for s in held:
+        if s > expected:
+            ranges.append((expected, s - 1))
+        expected = s + 1
+    if sum(b - a + 1 for a, b in ranges) <= most:
+        return str([i for a, b in ranges for i in range(a, b + 1)])
+    parts = [str(a) if a == b else f"{a}..{b}" for a, b in ranges[:most]]
+    if len(ranges) > most:
+        parts.append(f"and {len(ranges) - most} more ranges")
+    return f"[{', '.join(parts)}]"
 
 
 def _guarded(op: _Op) -> Outcome:

@@ -6,19 +6,26 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from engine.local.trainer import limits
 from engine.local.trainer.config import TrainerBadRequest
 from engine.local.trainer.generation import SampleParams, parse_stop
 from engine.local.trainer.models import AdamHyper, LoraSpec
 
 
-def field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
+def field(
+    body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], required: bool = True, prefix: str = ""
+) -> Any:
+    """``body[name]`` checked against ``kind`` (ints: 64-bit); ``prefix`` qualifies the name in messages."""
     value = body.get(name)
+    name = prefix + name
     if value is None:
         if required:
             raise TrainerBadRequest(f"{name} is required")
         return None
     if kind is int and isinstance(value, bool):
         raise TrainerBadRequest(f"{name} must be an integer, got {value!r}")
+    if kind is int and isinstance(value, int) and not -(2**63) <= value < 2**64:
+        raise TrainerBadRequest(f"{name} must be a 64-bit integer, got one of {len(str(value))} digits")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind):
@@ -87,7 +94,7 @@ def adam_hyper(body: Mapping[str, Any]) -> AdamHyper:
     return AdamHyper(**values)
 
 
-def prompt_tokens(body: Mapping[str, Any]) -> list[int]:
+def prompt_tokens(body: Mapping[str, Any], max_tokens: int | None = None) -> list[int]:
     prompt = body.get("prompt")
     if not isinstance(prompt, dict) or not isinstance(prompt.get("chunks"), list):
         raise TrainerBadRequest("prompt must be a ModelInput object with chunks")
@@ -96,6 +103,8 @@ def prompt_tokens(body: Mapping[str, Any]) -> list[int]:
         if not isinstance(chunk, dict) or chunk.get("type", "encoded_text") != "encoded_text":
             raise TrainerBadRequest(f"prompt.chunks[{i}]: only encoded_text chunks are supported")
         toks = chunk.get("tokens")
+        if max_tokens is not None and isinstance(toks, list) and len(tokens) + len(toks) > max_tokens:
+            raise TrainerBadRequest(f"prompt: more than {max_tokens} tokens (the model's context)")
         if not isinstance(toks, list) or not all(
             isinstance(t, int) and not isinstance(t, bool) for t in toks
         ):
@@ -115,7 +124,7 @@ def sample_params(
     n = field(body, "num_samples", int, required=False) or 1
     if not 1 <= n <= 256:
         raise TrainerBadRequest(f"num_samples must be in [1, 256], got {n}")
-    max_tokens = field(sp, "max_tokens", int, required=False)
+    max_tokens = field(sp, "max_tokens", int, required=False, prefix="sampling_params.")
     if max_tokens is None or max_tokens < 1:
         raise TrainerBadRequest(f"sampling_params.max_tokens must be a positive integer, got {max_tokens!r}")
     if prompt_len + max_tokens > max_len:
@@ -127,12 +136,13 @@ def sample_params(
             raise TrainerBadRequest(f"{name} is not supported by the embedded trainer")
     if body.get("prompt_alt_tokens_k"):
         raise TrainerBadRequest("prompt_alt_tokens_k is not supported by the embedded trainer")
-    temperature = field(sp, "temperature", float, required=False)
-    top_p = field(sp, "top_p", float, required=False)
+    temperature = field(sp, "temperature", float, required=False, prefix="sampling_params.")
+    top_p = field(sp, "top_p", float, required=False, prefix="sampling_params.")
+    limits.check_sampling(temperature, top_p)
     last_n = field(body, "prompt_logprobs_last_n", int, required=False)
     if last_n is not None and not 1 <= last_n <= prompt_len - 1:
         raise TrainerBadRequest(f"prompt_logprobs_last_n must be in [1, {prompt_len - 1}], got {last_n}")
-    seed = field(sp, "seed", int, required=False)
+    seed = field(sp, "seed", int, required=False, prefix="sampling_params.")
     if seed is not None and not -(2**63) <= seed < 2**64:  # torch.Generator.manual_seed's range
         raise TrainerBadRequest(f"sampling_params.seed must fit in 64 bits, got {seed}")
     topk: dict[str, int] = {}
@@ -140,6 +150,7 @@ def sample_params(
         topk[name] = field(body, name, int, required=False) or 0
         if topk[name] < 0:
             raise TrainerBadRequest(f"{name} must be >= 0, got {topk[name]}")
+    limits.check_stop(sp.get("stop"))
     stop_tokens, stop_strings = parse_stop(sp.get("stop"), eos_id)
     if any(not 0 <= t < vocab for t in stop_tokens):
         raise TrainerBadRequest("sampling_params.stop: token id out of range")
@@ -147,7 +158,7 @@ def sample_params(
         num_samples=n,
         max_tokens=max_tokens,
         temperature=1.0 if temperature is None else temperature,
-        top_k=field(sp, "top_k", int, required=False) or -1,
+        top_k=field(sp, "top_k", int, required=False, prefix="sampling_params.") or -1,
         top_p=1.0 if top_p is None else top_p,
         seed=seed,
         stop_tokens=stop_tokens,

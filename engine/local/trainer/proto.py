@@ -6,6 +6,7 @@ raises :class:`TrainerBadRequest` naming the field, so a bad request is a 400 be
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,8 +15,10 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from tinker.proto import tinker_public_pb2 as pb
 
+from engine.local.trainer import limits
 from engine.local.trainer.config import TrainerBadRequest
 from engine.local.trainer.provenance import Span, decode_spans
+from engine.log import clip
 
 _NP_DTYPE: dict[int, np.dtype[Any]] = {
     pb.DTYPE_FLOAT32: np.dtype(np.float32),
@@ -65,7 +68,10 @@ class FwdBwdRequest:
     data: list[DatumIn]
 
 
-def _tensor(msg: pb.Tensor, where: str) -> np.ndarray:
+def _tensor(msg: pb.Tensor, where: str, rows: int, budget: list[int]) -> np.ndarray:
+    """Decode one loss input. A dense shape must match its buffer (exact product, no wrap-around); a
+    sparse one is checked before it is densified, against ``budget`` (the request's remaining
+    element allowance), since its bytes on the wire say nothing about its dense size."""
     np_dtype = _NP_DTYPE.get(msg.dtype)
     if np_dtype is None:
         raise TrainerBadRequest(f"{where}: unsupported dtype {_DTYPE_NAME.get(msg.dtype, msg.dtype)}")
@@ -76,19 +82,29 @@ def _tensor(msg: pb.Tensor, where: str) -> np.ndarray:
         csr = msg.sparse_csr
         if len(shape) != 2:
             raise TrainerBadRequest(f"{where}: a sparse CSR tensor must be 2-D, got shape {shape}")
+        elements = limits.check_shape(shape, where, rows)
+        if elements > budget[0]:
+            raise TrainerBadRequest(
+                f"{where}: sparse shape {shape} densifies to {elements} elements; this request may "
+                f"densify {budget[0]} more (dense tensors carry their own bytes)"
+            )
+        budget[0] -= elements
         try:
             values = np.frombuffer(csr.values, dtype=np_dtype)
             crow = np.frombuffer(csr.crow_indices, dtype=np.int64)
             col = np.frombuffer(csr.col_indices, dtype=np.int64)
         except ValueError as exc:
             raise TrainerBadRequest(f"{where}: sparse CSR buffers are not whole elements ({exc})") from exc
-        if crow.size != shape[0] + 1 or col.size != values.size or (crow.size and crow[-1] != values.size):
+        if (
+            crow.size != shape[0] + 1
+            or col.size != values.size
+            or (crow.size and (crow[0] != 0 or crow[-1] != values.size or np.any(np.diff(crow) < 0)))
+        ):
             raise TrainerBadRequest(f"{where}: inconsistent sparse CSR indices for shape {shape}")
         if col.size and (col.min() < 0 or col.max() >= shape[1]):
             raise TrainerBadRequest(f"{where}: sparse CSR column index out of range for shape {shape}")
         dense = np.zeros(shape, dtype=np_dtype)
-        rows = np.repeat(np.arange(shape[0]), np.diff(crow))
-        dense[rows, col] = values
+        dense[np.repeat(np.arange(shape[0]), np.diff(crow)), col] = values
         return dense
     try:
         arr = np.frombuffer(msg.dense, dtype=np_dtype)
@@ -96,10 +112,9 @@ def _tensor(msg: pb.Tensor, where: str) -> np.ndarray:
         raise TrainerBadRequest(f"{where}: dense buffer is not a whole number of {np_dtype} ({exc})") from exc
     if not shape:
         shape = [arr.size]
-    if int(np.prod(shape)) != arr.size:
-        raise TrainerBadRequest(
-            f"{where}: shape {shape} needs {int(np.prod(shape))} elements, got {arr.size}"
-        )
+    if math.prod(shape) != arr.size:
+        raise TrainerBadRequest(f"{where}: shape {shape} needs {math.prod(shape)} elements, got {arr.size}")
+    limits.check_shape(shape, where, rows)
     return arr.reshape(shape)
 
 
@@ -111,6 +126,7 @@ def _config(msg: pb.ForwardBackwardRequest) -> dict[str, float | str]:
 
 
 def decode_forward_backward(body: bytes) -> FwdBwdRequest:
+    budget = [limits.element_budget(len(body))]
     msg = pb.ForwardBackwardRequest()
     try:
         msg.ParseFromString(body)
@@ -134,7 +150,10 @@ def decode_forward_backward(body: bytes) -> FwdBwdRequest:
         tokens = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
         if tokens.size == 0:
             raise TrainerBadRequest(f"data[{i}].model_input is empty")
-        inputs = {k: _tensor(t, f"data[{i}].loss_fn_inputs[{k!r}]") for k, t in d.loss_fn_inputs.items()}
+        inputs = {
+            k: _tensor(t, f"data[{i}].loss_fn_inputs[{clip(k, 40)}]", tokens.size, budget)
+            for k, t in d.loss_fn_inputs.items()
+        }
         for name, arr in inputs.items():
             want = INPUT_DTYPES.get(name)
             if want is not None and arr.dtype != np.dtype(want):
@@ -149,7 +168,7 @@ def decode_forward_backward(body: bytes) -> FwdBwdRequest:
         data.append(DatumIn(tokens=tokens, inputs=inputs, input_spans=input_spans, target_spans=target_spans))
     return FwdBwdRequest(
         model_id=msg.model_id,
-        seq_id=int(msg.seq_id),
+        seq_id=limits.check_seq_id(int(msg.seq_id)),
         loss_fn=msg.loss_fn or "cross_entropy",
         loss_fn_config=_config(msg),
         forward_only=bool(msg.forward_only),

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from engine.local.trainer import checkpoints, external
 from engine.local.trainer.config import NotFound, TrainerBadRequest
 from engine.local.trainer.metadata import read_run_record, read_user_metadata
-from engine.weights.snapshot import MANIFEST, SnapshotError, check_name
+from engine.weights.names import SnapshotError, check_name, contained
+from engine.weights.snapshot import MANIFEST
 
 if TYPE_CHECKING:
     from engine.local.trainer.service import TrainerService
@@ -67,12 +68,23 @@ def _valid_name(name: str) -> bool:
 def _found(root: Path, marker: str) -> list[Path]:
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _valid_name(p.name) and (p / marker).exists()]
+    found = [
+        p for p in root.iterdir() if _valid_name(p.name) and not p.is_symlink() and (p / marker).is_file()
+    ]
     return sorted(found, key=lambda p: (p / marker).stat().st_mtime)
 
 
 def _run_root(svc: TrainerService, run_id: str) -> Path:
-    return checkpoints.state_path(svc.state_dir, run_id, "x").parent.parent
+    return checkpoints.state_path(svc.state_dir, run_id, "x").parent.parent  # validates the run id
+
+
+def _bucket_run(svc: TrainerService, run_id: str) -> Path:
+    """The run's folder of the bucket, refused if a symlink would lead out of the bucket."""
+    _run_root(svc, run_id)
+    try:
+        return contained(svc.config.bucket, run_id)
+    except SnapshotError as exc:
+        raise TrainerBadRequest(f"run {run_id}: {exc}") from exc
 
 
 def list_checkpoints(svc: TrainerService, run_id: str) -> dict[str, Any]:
@@ -83,14 +95,14 @@ def list_checkpoints(svc: TrainerService, run_id: str) -> dict[str, Any]:
     ]
     rows += [
         _checkpoint(run_id, "sampler_weights", p.name, p, MANIFEST)
-        for p in _found(svc.config.bucket / run_id, MANIFEST)
+        for p in _found(_bucket_run(svc, run_id), MANIFEST)
     ]
     exports = run_root / external.KIND
     if exports.is_dir():
         rows += [
             _checkpoint(run_id, external.KIND, p.name, p, ".")
             for p in sorted(exports.iterdir())
-            if _valid_name(p.name) and p.is_dir()
+            if _valid_name(p.name) and p.is_dir() and not p.is_symlink()
         ]
     rows.sort(key=lambda r: r["time"])
     return {"checkpoints": rows, "cursor": None}
@@ -149,7 +161,7 @@ def delete_checkpoint(svc: TrainerService, run_id: str, kind: str, name: str) ->
     target = _target(svc, run_id, kind, name)
     if not target.is_dir():
         raise NotFound(f"checkpoint tinker://{run_id}/{kind}/{name} not found")
-    shutil.rmtree(target)
+    shutil.rmtree(target)  # rmtree itself never follows symlinks found inside
     return {}
 
 
@@ -158,7 +170,7 @@ def set_ttl(svc: TrainerService, run_id: str, kind: str, name: str, body: dict[s
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1):
         raise TrainerBadRequest(f"ttl_seconds must be a positive integer or null, got {ttl!r}")
     if kind == "sampler_weights":
-        target = svc.config.bucket / run_id / checkpoints.safe_name(name)
+        target = _bucket_run(svc, run_id) / checkpoints.safe_name(name)
     else:
         target = _target(svc, run_id, kind, name)
     if not target.is_dir():

@@ -8,10 +8,10 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from aiohttp import web
 
+from engine.local.http_server import make_runner, start_site
 from engine.local.trainer.app import build_app
 from engine.local.trainer.config import TrainerConfig
 from engine.local.trainer.logs import LazyLogger
@@ -50,24 +50,14 @@ class TrainerServer:
             self.service = await asyncio.get_running_loop().run_in_executor(None, load_service, self.config)
         self.config.bucket.mkdir(parents=True, exist_ok=True)
         self.service.state_dir.mkdir(parents=True, exist_ok=True)
-        self._runner = web.AppRunner(
-            build_app(self.service),
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=2.0,
-            # Bodies are decoded by the handlers (zstd needs no extra package there).
-            auto_decompress=False,
-        )
-        await self._runner.setup()
         # A stop must not wait out a client's 25 s retrieve_future long-poll.
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        self._runner = make_runner(build_app(self.service), shutdown_timeout=2.0)
+        await self._runner.setup()
         try:
-            await site.start()
+            self.port = await start_site(self._runner, self.config.host, self.config.port)
         except BaseException:  # e.g. the port is taken: release the runner (and the service's threads)
             await self.stop()
             raise
-        server: Any = site._server
-        self.port = int(server.sockets[0].getsockname()[1])
         log.info("trainer_listening", url=self.url, model=self.config.model, bucket=str(self.config.bucket))
         return self.url
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.local.trainer import checkpoints, external, params, provenance
+from engine.local.trainer import checkpoints, external, limits, params, provenance
 from engine.local.trainer.config import Gone, NotFound, TrainerBadRequest, TrainerConfig
 from engine.local.trainer.futures import FutureStore, Outcome
 from engine.local.trainer.logs import LazyLogger
@@ -26,7 +26,7 @@ from engine.local.trainer.metadata import parse_user_metadata, read_run_record, 
 from engine.local.trainer.models import LoraSpec, ModelState, build_module, check_tokens
 from engine.local.trainer.ordering import OrderedQueue, run_guarded
 from engine.local.trainer.proto import FwdBwdRequest, decode_forward_backward, encode_forward_backward
-from engine.local.trainer.sampler_service import SamplerService
+from engine.local.trainer.sampler_service import SampledModel, SamplerService
 from engine.local.trainer.snapshots import save_for_sampler
 
 log = LazyLogger("trainer.service")
@@ -73,7 +73,17 @@ class TrainerService:
         self.store = FutureStore(config.future_ttl_s, config.delivered_grace_s)
         self.sessions: dict[str, Session] = {}
         self.models: dict[str, ModelEntry] = {}
-        self.sampler = SamplerService(self)
+        self.sampler = SamplerService(
+            base,
+            tokenizer,
+            SampledModel(config.model, self.vocab_size, self.max_length, self.eos_id, self.pad_id),
+            config.bucket,
+            self.store,
+            session_id_of=lambda session_id: self.session(session_id).session_id,
+            check_base_model=self.check_base_model,
+            background=self.background,
+            batch_rows=config.sample_batch_rows,
+        )
         self.state_dir = config.resolved_state_dir
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -147,8 +157,7 @@ class TrainerService:
     # --- models -----------------------------------------------------------------------------------
 
     def _new_entry(self, session_id: str, model_seq_id: Any, lora: LoraSpec) -> ModelEntry:
-        if isinstance(model_seq_id, bool) or not isinstance(model_seq_id, int) or model_seq_id < 0:
-            raise TrainerBadRequest(f"model_seq_id must be a non-negative integer, got {model_seq_id!r}")
+        limits.check_seq_id(model_seq_id, "model_seq_id")
         model_id = f"{session_id}:train:{model_seq_id}"
         if model_id in self.models:
             raise TrainerBadRequest(f"model {model_id} already exists (model_seq_id {model_seq_id} was used)")
@@ -243,6 +252,8 @@ class TrainerService:
     ) -> dict[str, Any]:
         entry = self.entry(body.get("model_id"))
         seq_id = params.field(body, "seq_id", int, required=False)
+        if seq_id is not None:
+            limits.check_seq_id(seq_id)
         rid = self.store.create(kind)
         entry.queue.submit(seq_id, rid, run_guarded(lambda: fn(entry.require_state()), kind), kind)
         return {"request_id": rid, "model_id": entry.model_id}
@@ -351,7 +362,7 @@ class TrainerService:
         if name is None:
             seq = params.field(body, "sampling_session_seq_id", int)
             return self._ordered(
-                body, "save_weights_for_sampler", lambda s: self.sampler.ephemeral(entry, s, seq)
+                body, "save_weights_for_sampler", lambda s: self.sampler.ephemeral(entry.session_id, s, seq)
             )
         name = checkpoints.safe_name(params.field(body, "path", str))
         ctype = body.get("checkpoint_type") or "base"

@@ -1,0 +1,98 @@
+"""Hot-loading through Fireworks' hot-load API (``/hot_load/v1/models/hot_load``), which the embedded
+control plane and deployment speak too.
+
+A delta is announced with ``incremental_snapshot_metadata``: the parent identity plus the compression
+and checksum formats the trainer reports for what it wrote (``SamplerSnapshot.delta_format``). The
+deployment reports what it serves as ``replicas[0].current_snapshot_identity``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from engine.backends.base import SamplerSnapshot
+from engine.errors import FatalError, StuckError
+
+
+class HotloadApi(Protocol):
+    """What the loader needs of a ``DeploymentManager`` (tests script it). A manager may also say why
+    a wait ended unserved in ``last_hotload_error_message``."""
+
+    async def hotload(
+        self,
+        deployment_id: str,
+        base_model: str,
+        snapshot_identity: str,
+        incremental_snapshot_metadata: dict[str, Any] | None = None,
+    ) -> Any: ...
+
+    async def hotload_check_status(self, deployment_id: str, base_model: str) -> dict[str, Any]: ...
+
+    async def wait_for_hotload(
+        self,
+        deployment_id: str,
+        base_model: str,
+        expected_identity: str,
+        timeout_seconds: float = ...,
+        poll_interval: float = ...,
+    ) -> bool: ...
+
+
+def incremental_metadata(snapshot: SamplerSnapshot, parent: str | None) -> dict[str, str] | None:
+    """The ``incremental_snapshot_metadata`` of a hot-load (None: a full load)."""
+    if parent is None:
+        return None
+    compression, checksum = snapshot.delta_format
+    return {
+        "previous_snapshot_identity": parent,
+        "compression_format": compression,
+        "checksum_format": checksum,
+    }
+
+
+def replica_identity(status: dict[str, Any]) -> tuple[bool, str | None]:
+    """(reported, identity) of a hot-load status; reported is False while no replica answers."""
+    replicas = status.get("replicas")
+    if not isinstance(replicas, list):
+        raise FatalError(f"unrecognized hot-load status (replicas is not a list): {status!r:.300}")
+    if not replicas:
+        return False, None
+    ident = replicas[0].get("current_snapshot_identity") if isinstance(replicas[0], dict) else None
+    return True, ident if isinstance(ident, str) and ident else None
+
+
+class ControlPlaneHotLoader:
+    """``HotLoader`` for one deployment behind a Fireworks-shaped hot-load API."""
+
+    def __init__(
+        self,
+        api: HotloadApi,
+        deployment_id: str,
+        base_model: str,
+        *,
+        timeout_s: float = 600.0,
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        self.api = api
+        self.deployment_id = deployment_id
+        self.base_model = base_model
+        self.timeout_s = timeout_s
+        self.poll_interval_s = poll_interval_s
+
+    async def read_identity(self) -> tuple[bool, str | None]:
+        return replica_identity(await self.api.hotload_check_status(self.deployment_id, self.base_model))
+
+    async def load(self, snapshot: SamplerSnapshot, *, parent: str | None) -> None:
+        identity = snapshot.snapshot_name
+        metadata = incremental_metadata(snapshot, parent)
+        await self.api.hotload(self.deployment_id, self.base_model, identity, metadata)
+        served = await self.api.wait_for_hotload(
+            self.deployment_id,
+            self.base_model,
+            identity,
+            timeout_seconds=self.timeout_s,
+            poll_interval=self.poll_interval_s,
+        )
+        if not served:
+            reason = getattr(self.api, "last_hotload_error_message", None)
+            raise StuckError(reason or f"deployment did not serve {identity!r} within {self.timeout_s:g}s")

@@ -1,0 +1,188 @@
+"""The control-plane backends: a trainer job and a deployment on a Fireworks-shaped control plane
+(Fireworks itself, or hotloop's embedded ``hotloop up``), satisfying engine.backends.base.
+
+The trainer is a job (``rlorTrainerJobs``) reached through the control plane's trainer gateway by the
+tinker client (engine.backends.tinker.TrainingSession); the deployment is hot-loaded through the
+hot-load API (engine.backends.fireworks.hotload) and sampled in Fireworks' completion dialect. Ids are
+the run's: a retried or resumed request finds the same job and deployment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.backends.base import (
+    DeploymentRef,
+    DeploymentSpec,
+    RestorePoint,
+    SnapshotStore,
+    TrainerRef,
+    TrainerSession,
+    TrainerSpec,
+)
+from engine.backends.fireworks.config import DeploymentConfig, TrainerJobConfig
+from engine.backends.fireworks.deployments import DeploymentManager
+from engine.backends.fireworks.dialect import FireworksDialect
+from engine.backends.fireworks.hotload import ControlPlaneHotLoader
+from engine.backends.fireworks.jobs import TrainerJobManager
+from engine.backends.tinker.session import TokenizerLoader
+from engine.errors import FatalError
+from engine.weights.store import DirectoryStore
+
+if TYPE_CHECKING:
+    from engine.sampling.controllers import ConcurrencyController
+    from engine.sampling.retry import SamplingRetryPolicy
+    from engine.sampling.sampler import DeploymentSampler
+
+KIND = "control_plane"
+POLL_S = 0.25
+
+
+class ControlPlaneTrainer:
+    kind = KIND
+
+    def __init__(
+        self, jobs: TrainerJobManager, api_key: str, tokenizer_loader: TokenizerLoader | None
+    ) -> None:
+        self.jobs = jobs
+        self._api_key = api_key
+        self._tokenizer_loader = tokenizer_loader
+
+    async def provision(self, spec: TrainerSpec, known: TrainerRef | None) -> TrainerRef:
+        await self.jobs.resolve_account_id()
+        job_id = known.resource_id if known is not None else spec.resource_id
+        job = await self.jobs.try_get(job_id)
+        if job is None:
+            await self.jobs.create(
+                TrainerJobConfig(
+                    base_model=spec.base_model,
+                    lora_rank=spec.lora_rank,
+                    learning_rate=spec.learning_rate,
+                    requested_job_id=job_id,
+                    display_name=spec.display_name[:63],
+                )
+            )
+            job = await self.jobs.get(job_id)
+        attrs = {
+            "job_name": str(job.get("name") or f"accounts/{self.jobs.account_id}/rlorTrainerJobs/{job_id}")
+        }
+        bucket = (job.get("hotloop") or {}).get("bucket")  # only hotloop's control plane has a local bucket
+        if bucket:
+            attrs["bucket"] = str(bucket)
+        return TrainerRef(KIND, job_id, attrs)
+
+    async def wait_ready(self, ref: TrainerRef, *, reattach: bool, timeout_s: float) -> TrainerRef:
+        if reattach:
+            endpoint = await self.jobs.reconnect_and_wait(
+                ref.resource_id, timeout_s=timeout_s, poll_interval_s=POLL_S
+            )
+        else:
+            endpoint = await self.jobs.wait_for_ready(
+                ref.resource_id, ref.attrs.get("job_name"), timeout_s=timeout_s, poll_interval_s=POLL_S
+            )
+        return replace(ref, attrs={**ref.attrs, "base_url": endpoint.base_url})
+
+    async def open_session(
+        self, ref: TrainerRef, spec: TrainerSpec, restore: RestorePoint | None
+    ) -> TrainerSession:
+        from engine.backends.tinker.session import TrainingSession
+
+        base_url = ref.attrs.get("base_url")
+        if not base_url:
+            raise FatalError(f"trainer job {ref.resource_id!r}: open_session before wait_ready")
+        if restore is not None:
+            return await TrainingSession.from_state(
+                base_url,
+                self._api_key,
+                restore.state_path,
+                with_optimizer=True,
+                tokenizer_loader=self._tokenizer_loader,
+                optimizer_steps=restore.optimizer_steps,
+            )
+        return await TrainingSession.connect(
+            base_url, self._api_key, spec.base_model, spec.lora_rank, tokenizer_loader=self._tokenizer_loader
+        )
+
+    def snapshot_store(self, ref: TrainerRef) -> SnapshotStore | None:
+        bucket = ref.attrs.get("bucket")
+        return DirectoryStore(Path(bucket)) if bucket else None
+
+    async def release(self, ref: TrainerRef, *, delete: bool) -> None:
+        if delete:
+            await self.jobs.delete(ref.resource_id)
+
+    async def aclose(self) -> None:
+        await self.jobs.aclose()
+
+
+class ControlPlaneDeployment:
+    kind = KIND
+    # hotloop's deployments name the snapshot of every completion; Fireworks' do not (the states
+    # then verify the identity around sampling).
+    per_completion_identity = True
+
+    def __init__(self, deployments: DeploymentManager, api_key: str) -> None:
+        self.deployments = deployments
+        self._api_key = api_key
+
+    async def provision(
+        self, spec: DeploymentSpec, trainer: TrainerRef, known: DeploymentRef | None
+    ) -> DeploymentRef:
+        await self.deployments.resolve_account_id()
+        deployment_id = known.resource_id if known is not None else spec.resource_id
+        job_name = trainer.attrs.get("job_name") if trainer.kind == KIND else None
+        await self.deployments.create_or_get(
+            DeploymentConfig(
+                deployment_id=deployment_id,
+                base_model=spec.base_model,
+                hot_load_trainer_job=job_name,
+                min_replica_count=0,
+                max_replica_count=1,
+            )
+        )
+        return DeploymentRef(KIND, deployment_id, {"base_model": spec.base_model})
+
+    async def wait_ready(self, ref: DeploymentRef, *, timeout_s: float) -> DeploymentRef:
+        await self.deployments.wait_for_ready(ref.resource_id, timeout_s=timeout_s, poll_interval_s=POLL_S)
+        return ref
+
+    def hot_loader(
+        self, ref: DeploymentRef, store: SnapshotStore | None, *, timeout_s: float, poll_interval_s: float
+    ) -> ControlPlaneHotLoader:
+        # The deployment reads its trainer's bucket itself: ``store`` is not needed.
+        return ControlPlaneHotLoader(
+            self.deployments,
+            ref.resource_id,
+            ref.attrs.get("base_model", ""),
+            timeout_s=timeout_s,
+            poll_interval_s=poll_interval_s,
+        )
+
+    def sampler(
+        self,
+        ref: DeploymentRef,
+        *,
+        tokenizer: Any,
+        controller: ConcurrencyController,
+        retry_policy: SamplingRetryPolicy,
+    ) -> DeploymentSampler:
+        from engine.sampling.sampler import DeploymentSampler
+
+        return DeploymentSampler(
+            self.deployments.inference_url,
+            self.deployments.model_name(ref.resource_id),
+            self._api_key,
+            tokenizer=tokenizer,
+            concurrency_controller=controller,
+            retry_policy=retry_policy,
+            dialect=FireworksDialect(),
+        )
+
+    async def release(self, ref: DeploymentRef, *, delete: bool) -> None:
+        if delete:
+            await self.deployments.delete(ref.resource_id)
+
+    async def aclose(self) -> None:
+        await self.deployments.aclose()
