@@ -7,7 +7,9 @@ made, and ``forward_backward`` + ``optim_step`` can be pipelined -- and returns 
 awaits the result from the caller's loop, bounded by ``op_timeout_s``.
 
 Sampler snapshot names are session-qualified the way Fireworks does it: ``f"{name}-{tag}"`` with an
-8-hex tag per session, so two sessions (or a resumed one) never write the same identity.
+8-hex tag per session, so two sessions (or a resumed one) never write the same identity. The identity
+a deployment loads is the ``snapshot_name`` the trainer answers with: the embedded trainer keeps
+snapshots per training run and answers ``<run_id>/<name>-<tag>`` (engine.weights.snapshot).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from engine.backends.base import CheckpointType, SamplerSnapshot
 from engine.backends.tinker.edge import await_future, map_error, save_weights_for_sampler_ext
 from engine.errors import ConfigError, FatalError, RetryableError
 from engine.log import get_logger
-from engine.weights.names import SnapshotError, check_name
+from engine.weights.names import SnapshotError, check_identity, check_name
 
 T = TypeVar("T")
 CustomLossFn = Any  # (data: list[Datum], logprobs: list[torch.Tensor]) -> (loss, metrics)
@@ -323,7 +325,7 @@ class TrainingSession:
         identity = self.qualify(name)
         extra: dict[str, Any] = {"checkpoint_type": checkpoint_type}
         if parent_snapshot_identity is not None:
-            extra["parent_snapshot_identity"] = check_name(parent_snapshot_identity)
+            extra["parent_snapshot_identity"] = check_identity(parent_snapshot_identity)
         fut = save_weights_for_sampler_ext(self._client, identity, extra)
 
         async def _wait() -> SamplerSnapshot:

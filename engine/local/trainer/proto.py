@@ -17,6 +17,7 @@ from tinker.proto import tinker_public_pb2 as pb
 
 from engine.local.trainer import limits
 from engine.local.trainer.config import TrainerBadRequest
+from engine.local.trainer.provenance import Span, decode_spans
 from engine.log import clip
 
 _NP_DTYPE: dict[int, np.dtype[Any]] = {
@@ -52,6 +53,9 @@ INPUT_DTYPES: dict[str, str] = {
 class DatumIn:
     tokens: np.ndarray  # int64 [T]
     inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    # Provenance (Datum.with_provenance), when the client attached it.
+    input_spans: list[Span] | None = None
+    target_spans: list[Span] | None = None
 
 
 @dataclass
@@ -159,7 +163,9 @@ def decode_forward_backward(body: bytes) -> FwdBwdRequest:
                     f"data[{i}].loss_fn_inputs[{name!r}] has shape {list(arr.shape)}; expected "
                     f"[{tokens.size}] or [{tokens.size}, K] (one row per model_input token)"
                 )
-        data.append(DatumIn(tokens=tokens, inputs=inputs))
+        input_spans = decode_spans(d.model_input_spans, f"data[{i}].model_input_spans", tokens.size)
+        target_spans = decode_spans(d.loss_fn_input_spans, f"data[{i}].loss_fn_input_spans", tokens.size)
+        data.append(DatumIn(tokens=tokens, inputs=inputs, input_spans=input_spans, target_spans=target_spans))
     return FwdBwdRequest(
         model_id=msg.model_id,
         seq_id=limits.check_seq_id(int(msg.seq_id)),
