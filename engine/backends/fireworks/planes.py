@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from engine.backends.base import (
     DeploymentRef,
@@ -141,7 +142,7 @@ class ControlPlaneDeployment:
         await self.deployments.resolve_account_id()
         deployment_id = known.resource_id if known is not None else spec.resource_id
         job_name = trainer.attrs.get("job_name") if trainer.kind == KIND else None
-        await self.deployments.create_or_get(
+        info = await self.deployments.create_or_get(
             DeploymentConfig(
                 deployment_id=deployment_id,
                 base_model=spec.base_model,
@@ -150,7 +151,11 @@ class ControlPlaneDeployment:
                 max_replica_count=1,
             )
         )
-        return DeploymentRef(KIND, deployment_id, {"base_model": spec.base_model})
+        attrs = {"base_model": spec.base_model}
+        bucket = urlsplit(info.hot_load_bucket_url or "")
+        if bucket.scheme == "file":  # hotloop's control plane: the deployment reads a local directory
+            attrs["bucket"] = unquote(bucket.path)
+        return DeploymentRef(KIND, deployment_id, attrs)
 
     async def wait_ready(self, ref: DeploymentRef, *, timeout_s: float) -> DeploymentRef:
         await self.deployments.wait_for_ready(ref.resource_id, timeout_s=timeout_s, poll_interval_s=POLL_S)
@@ -159,13 +164,16 @@ class ControlPlaneDeployment:
     def hot_loader(
         self, ref: DeploymentRef, store: SnapshotStore | None, *, timeout_s: float, poll_interval_s: float
     ) -> ControlPlaneHotLoader:
-        # The deployment reads its trainer's bucket itself: ``store`` is not needed.
+        # A deployment linked to its trainer job reads the trainer's bucket itself; one with a bucket of
+        # its own (a Tinker trainer) gets each snapshot copied into that bucket from the store.
+        bucket = ref.attrs.get("bucket")
         return ControlPlaneHotLoader(
             self.deployments,
             ref.resource_id,
             ref.attrs.get("base_model", ""),
             timeout_s=timeout_s,
             poll_interval_s=poll_interval_s,
+            stage=(store, Path(bucket)) if store is not None and bucket else None,
         )
 
     def sampler(

@@ -313,6 +313,27 @@ class TrainingSession:
 
         return _wait()
 
+    def save_weights_external(self, name: str) -> Coroutine[Any, Any, str]:
+        """Export the current weights in Hugging Face format (Tinker's ``save_weights_external``);
+        returns the ``tinker://`` path that ``external_weights_urls`` signs download URLs for."""
+        fut = self._client.save_weights_external(name)
+
+        async def _wait() -> str:
+            result = await await_future(fut, self.op_timeout_s, f"save_weights_external {name!r}")
+            return str(result.path)
+
+        return _wait()
+
+    async def external_weights_urls(self, tinker_path: str) -> dict[str, str]:
+        """Signed download URL per file of an external weights export (Tinker's REST API)."""
+        rest = self._service.create_rest_client()
+        result = await await_future(
+            rest.get_external_weights_urls(tinker_path),
+            self.op_timeout_s,
+            f"external_weights_urls {tinker_path!r}",
+        )
+        return dict(result.urls)
+
     def save_weights_for_sampler(
         self,
         name: str,
