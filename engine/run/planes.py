@@ -141,7 +141,12 @@ async def open_planes(
             trainer_gateway_url=conn.trainer_gateway_url,
             account_id=conn.account_id,
         )
-        trainer = ControlPlaneTrainer(jobs, conn.api_key, _tokenizer_loader())  # type: ignore[arg-type]
+        trainer = ControlPlaneTrainer(
+            jobs,
+            conn.api_key,
+            _tokenizer_loader(),  # type: ignore[arg-type]
+            dialect=config.trainer.dialect,
+        )
     else:
         raise ConfigError(f"trainer.kind: {config.trainer.kind!r} is not available in this build yet")
     stack.push_async_callback(trainer.aclose)
