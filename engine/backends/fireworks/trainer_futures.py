@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,11 @@ RETRIEVE_TIMEOUT_S = 90.0  # its header + body timeouts (45 s each): the server 
 MAX_POLL_BACKOFF_S = 30.0
 
 
+def idempotency_key() -> dict[str, str]:
+    """A fresh key for one logical request (its retries reuse it), in the form Fireworks' client sends."""
+    return {"X-Idempotency-Key": f"stainless-python-retry-{uuid.uuid4()}"}
+
+
 class TrainerRest(RestClient):
     """``RestClient`` with the trainer's auth (``X-API-Key`` only) and a per-request idempotency key
     that stays the same across retries of that request."""
@@ -41,7 +47,7 @@ class TrainerRest(RestClient):
             "POST",
             path,
             json_body=dict(body),
-            headers={"X-Idempotency-Key": f"stainless-python-retry-{uuid.uuid4()}"},
+            headers=idempotency_key(),
             timeout_s=timeout_s,
         )
         if not isinstance(result.body, dict):
@@ -59,7 +65,7 @@ class TrainerRest(RestClient):
             if remaining <= 0:
                 raise StuckError(f"{what}: no result for {request_id} before the operation's deadline")
             headers = {
-                **wire.headers(self._api_key),
+                **self.headers(idempotency_key()),
                 "X-Tinker-Request-Iteration": str(iteration),
                 "X-Tinker-Request-Type": request_type,
             }
@@ -112,6 +118,36 @@ class TrainerRest(RestClient):
                 category = answer.get("category") or "unknown"
                 raise FatalError(f"{what} failed on the trainer ({category} error): {answer['error']}")
             return answer
+
+
+async def heartbeat(rest: TrainerRest, session_id: str, interval_s: Callable[[], float]) -> None:
+    """``session_heartbeat`` every ``interval_s()`` seconds, as Fireworks' client does (one attempt
+    each, bounded by the interval); a failing streak is logged once per two minutes, not per beat."""
+    failing_since: float | None = None
+    body = {"session_id": session_id, "type": "session_heartbeat"}
+    while True:
+        await asyncio.sleep(interval_s())
+        try:
+            async with (
+                asyncio.timeout(max(1.0, interval_s())),
+                rest._http().post(
+                    rest.url("/api/v1/session_heartbeat"), json=body, headers=rest.headers(idempotency_key())
+                ) as resp,
+            ):
+                await resp.read()
+                ok = resp.status < 400
+        except Exception:  # a missed beat is only counted
+            ok = False
+        now = time.monotonic()
+        if ok:
+            failing_since = None
+        elif failing_since is None:
+            failing_since = now
+        elif now - failing_since > 120:
+            log.warning(
+                "session heartbeats failing", session_id=session_id, seconds=round(now - failing_since)
+            )
+            failing_since = now
 
 
 def trainer_rest(base_url: str, api_key: str, retry_policy: RestRetryPolicy | None = None) -> TrainerRest:

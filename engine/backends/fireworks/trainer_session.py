@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -35,7 +34,7 @@ from tinker import types
 
 from engine.backends.base import CheckpointType, SamplerSnapshot
 from engine.backends.fireworks import trainer_wire as wire
-from engine.backends.fireworks.trainer_futures import TrainerRest, log, trainer_rest
+from engine.backends.fireworks.trainer_futures import TrainerRest, heartbeat, log, trainer_rest
 from engine.errors import ConfigError, FatalError, StuckError
 from engine.weights.names import SnapshotError, check_name
 
@@ -78,6 +77,7 @@ class FireworksTrainingSession:
         self._failed: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        self.heartbeat_s = HEARTBEAT_S
         self._closed = False
 
     # ---- construction -------------------------------------------------------------------------
@@ -155,17 +155,7 @@ class FireworksTrainingSession:
         return session
 
     async def _create_model(self, timeout_s: float) -> None:
-        lora: dict[str, Any] = {"rank": self._lora_rank}
-        if self._lora_rank > 0:
-            lora["alpha"] = 32  # Fireworks' client default; ignored for full-parameter training
-        lora.update(train_unembed=True, train_mlp=True, train_attn=True)
-        body = {
-            "session_id": self.session_id,
-            "model_seq_id": 0,
-            "base_model": self.base_model,
-            "lora_config": lora,
-            "type": "create_model",
-        }
+        body = wire.create_model_body(self.session_id, self.base_model, self._lora_rank)
         answer = await self._rest.post("/api/v1/create_model", body, "create_model", timeout_s=POST_TIMEOUT_S)
         deadline = asyncio.get_running_loop().time() + timeout_s
         result = await self._rest.result(str(answer["request_id"]), "CreateModel", "create_model", deadline)
@@ -299,14 +289,14 @@ class FireworksTrainingSession:
         weights are ``-d loss / d logprobs``; the backward's metrics gain ``fn``'s."""
         wire.check_custom_data(data)
         fwd_body = wire.forward_body(
-            self._model_id, _with_weights(data), "cross_entropy", None, backward=False
+            self._model_id, wire.custom_forward_data(data), "cross_entropy", None, backward=False
         )
         rid = self._reserve(2)
 
         async def run() -> types.ForwardBackwardOutput:
             try:
                 fwd = await self._forward(rid, fwd_body, "forward_backward_custom (forward)", backward=False)
-                linear, metrics = await asyncio.to_thread(_linearize, data, fn, fwd)
+                linear, metrics = await asyncio.to_thread(wire.linearize, data, fn, fwd)
                 body = wire.forward_body(self._model_id, linear, "cross_entropy", None, backward=True)
             except BaseException as exc:
                 # The backward's seq_id was taken at call time and will never be sent.
@@ -370,23 +360,8 @@ class FireworksTrainingSession:
             r = await self._submit(
                 rid, "/api/v1/save_weights_for_sampler", body, what, "SaveWeightsForSampler"
             )
-            reported = r.get("checkpoint_type") or kind
-            if reported not in ("base", "delta"):
-                raise FatalError(f"{what}: trainer reported type {reported!r}")
-            written: CheckpointType = "base" if reported == "base" else "delta"
-            named = (r.get("compression_format"), r.get("checksum_format"))
-            snap = SamplerSnapshot(
-                path=str(r.get("path") or identity),
-                snapshot_name=identity,
-                checkpoint_type=written,
-                size_bytes=r.get("size_bytes"),
-                parent_snapshot_identity=(r.get("parent_snapshot_identity") or parent)
-                if written == "delta"
-                else None,
-                encode_seconds=r.get("encode_seconds"),
-                delta_format=(str(named[0]), str(named[1])) if all(named) else wire.FIREWORKS_DELTA_FORMAT,
-            )
-            log.info("sampler snapshot saved", identity=identity, kind=written)
+            snap = wire.sampler_snapshot(r, identity, kind, parent, what)
+            log.info("sampler snapshot saved", identity=identity, kind=snap.checkpoint_type)
             return snap
 
         return self._spawn(run())
@@ -394,34 +369,7 @@ class FireworksTrainingSession:
     # ---- lifecycle ----------------------------------------------------------------------------------
 
     async def _beat(self) -> None:
-        """``session_heartbeat`` every 10 s, as Fireworks' client does (one attempt each, bounded)."""
-        failing_since: float | None = None
-        body = {"session_id": self.session_id, "type": "session_heartbeat"}
-        while True:
-            await asyncio.sleep(HEARTBEAT_S)
-            try:
-                async with asyncio.timeout(HEARTBEAT_S):
-                    async with self._rest._http().post(
-                        self._rest.url("/api/v1/session_heartbeat"),
-                        json=body,
-                        headers=self._rest.headers(),
-                    ) as resp:
-                        await resp.read()
-                        ok = resp.status < 400
-            except Exception:  # a missed beat is only counted
-                ok = False
-            now = time.monotonic()
-            if ok:
-                failing_since = None
-            elif failing_since is None:
-                failing_since = now
-            elif now - failing_since > 120:
-                log.warning(
-                    "session heartbeats failing",
-                    session_id=self.session_id,
-                    seconds=round(now - failing_since),
-                )
-                failing_since = now  # once per two minutes, not per beat
+        await heartbeat(self._rest, self.session_id, lambda: self.heartbeat_s)
 
     async def close(self, *, unload: bool = True, timeout_s: float = 30.0) -> None:
         """Finish accepted work, ``unload_model`` (frees the model on the trainer), stop heartbeats.
@@ -456,53 +404,6 @@ class FireworksTrainingSession:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _with_weights(data: Sequence[types.Datum]) -> list[types.Datum]:
-    """The custom loss's forward data: datums without ``weights`` get zeros, as Fireworks does."""
-    out = []
-    for d in data:
-        if "weights" in d.loss_fn_inputs:
-            out.append(d)
-            continue
-        target = d.loss_fn_inputs["target_tokens"]
-        zeros = types.TensorData(data=[0.0] * len(target.data), dtype="float32", shape=target.shape)
-        out.append(
-            types.Datum(model_input=d.model_input, loss_fn_inputs={**d.loss_fn_inputs, "weights": zeros})
-        )
-    return out
-
-
-def _linearize(
-    data: Sequence[types.Datum], fn: Any, fwd: types.ForwardBackwardOutput
-) -> tuple[list[types.Datum], dict[str, float]]:
-    """Run the user's loss on the forward's logprobs (torch, in a worker thread): the backward's datums
-    carry ``weights = -d loss / d logprobs``, so the trainer's ``sum(-logprob * weight)`` has the
-    custom loss's gradient."""
-    import torch
-
-    logprobs = []
-    for out in fwd.loss_fn_outputs:
-        lp = torch.tensor(out["logprobs"].data)
-        if out["logprobs"].shape is not None:
-            lp = lp.reshape(out["logprobs"].shape)
-        logprobs.append(lp.clone().detach().requires_grad_(True))
-    loss, metrics = fn(list(data), logprobs)
-    loss.backward()
-    linear = []
-    for d, lp in zip(data, logprobs, strict=True):
-        if lp.grad is None:
-            raise FatalError("forward_backward_custom: the loss has no gradient for a datum's logprobs")
-        linear.append(
-            types.Datum(
-                model_input=d.model_input,
-                loss_fn_inputs={
-                    "target_tokens": d.loss_fn_inputs["target_tokens"],
-                    "weights": types.TensorData.from_torch(-lp.grad.detach().to(torch.float32)),
-                },
-            )
-        )
-    return linear, {k: float(v) for k, v in metrics.items()}
 
 
 def _load_tokenizer(loader: TokenizerLoader | None, base_model: str) -> tuple[Any, str | None]:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from tinker import types
 
+from engine.backends.base import CheckpointType, SamplerSnapshot
 from engine.errors import ConfigError, FatalError
 
 PROTOCOL_VERSION = "0.23.0"
@@ -88,6 +89,43 @@ def forward_body(
         spec["loss_fn_config"] = dict(loss_fn_config)
     key = "forward_backward_input" if backward else "forward_input"
     return {key: spec, "model_id": model_id}  # the session adds seq_id when the call's turn comes
+
+
+def create_model_body(session_id: str, base_model: str, lora_rank: int) -> dict[str, Any]:
+    lora: dict[str, Any] = {"rank": lora_rank}
+    if lora_rank > 0:
+        lora["alpha"] = 32  # Fireworks' client default; it sends none for full-parameter training
+    lora.update(train_unembed=True, train_mlp=True, train_attn=True)
+    return {
+        "session_id": session_id,
+        "model_seq_id": 0,
+        "base_model": base_model,
+        "lora_config": lora,
+        "type": "create_model",
+    }
+
+
+def sampler_snapshot(
+    answer: Mapping[str, Any], identity: str, asked: CheckpointType, parent: str | None, what: str
+) -> SamplerSnapshot:
+    """A ``save_weights_for_sampler`` answer as a ``SamplerSnapshot``: the type the trainer says it
+    wrote (hotloop's says; Fireworks' answers only ``path``), the encoding it names or Fireworks'."""
+    reported = answer.get("checkpoint_type") or asked
+    if reported not in ("base", "delta"):
+        raise FatalError(f"{what}: trainer reported type {reported!r}")
+    written: CheckpointType = "base" if reported == "base" else "delta"
+    named = (answer.get("compression_format"), answer.get("checksum_format"))
+    return SamplerSnapshot(
+        path=str(answer.get("path") or identity),
+        snapshot_name=identity,
+        checkpoint_type=written,
+        size_bytes=answer.get("size_bytes"),
+        parent_snapshot_identity=(answer.get("parent_snapshot_identity") or parent)
+        if written == "delta"
+        else None,
+        encode_seconds=answer.get("encode_seconds"),
+        delta_format=(str(named[0]), str(named[1])) if all(named) else FIREWORKS_DELTA_FORMAT,
+    )
 
 
 def adam_json(adam: types.AdamParams) -> dict[str, float]:
@@ -163,3 +201,50 @@ def response_tokens(data: Sequence[types.Datum]) -> float:
         target = d.loss_fn_inputs["target_tokens"]
         total += int(np.count_nonzero(weights.to_numpy())) if weights is not None else target.to_numpy().size
     return float(total)
+
+
+def custom_forward_data(data: Sequence[types.Datum]) -> list[types.Datum]:
+    """The custom loss's forward data: datums without ``weights`` get zeros, as Fireworks does."""
+    out = []
+    for d in data:
+        if "weights" in d.loss_fn_inputs:
+            out.append(d)
+            continue
+        target = d.loss_fn_inputs["target_tokens"]
+        zeros = types.TensorData(data=[0.0] * len(target.data), dtype="float32", shape=target.shape)
+        out.append(
+            types.Datum(model_input=d.model_input, loss_fn_inputs={**d.loss_fn_inputs, "weights": zeros})
+        )
+    return out
+
+
+def linearize(
+    data: Sequence[types.Datum], fn: Any, fwd: types.ForwardBackwardOutput
+) -> tuple[list[types.Datum], dict[str, float]]:
+    """Run the user's loss on the forward's logprobs (torch, in a worker thread): the backward's datums
+    carry ``weights = -d loss / d logprobs``, so the trainer's ``sum(-logprob * weight)`` has the
+    custom loss's gradient."""
+    import torch
+
+    logprobs = []
+    for out in fwd.loss_fn_outputs:
+        lp = torch.tensor(out["logprobs"].data)
+        if out["logprobs"].shape is not None:
+            lp = lp.reshape(out["logprobs"].shape)
+        logprobs.append(lp.clone().detach().requires_grad_(True))
+    loss, metrics = fn(list(data), logprobs)
+    loss.backward()
+    linear = []
+    for d, lp in zip(data, logprobs, strict=True):
+        if lp.grad is None:
+            raise FatalError("forward_backward_custom: the loss has no gradient for a datum's logprobs")
+        linear.append(
+            types.Datum(
+                model_input=d.model_input,
+                loss_fn_inputs={
+                    "target_tokens": d.loss_fn_inputs["target_tokens"],
+                    "weights": types.TensorData.from_torch(-lp.grad.detach().to(torch.float32)),
+                },
+            )
+        )
+    return linear, {k: float(v) for k, v in metrics.items()}
