@@ -23,7 +23,10 @@ def batch(types: Any, tokenizer: Any, step: int) -> list[Any]:
     out = []
     for i, prompt in enumerate(PROMPTS):
         ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
         )
         answer = [*tokenizer.encode(f" answer {step} {i}", add_special_tokens=False), tokenizer.eos_token_id]
         tokens = list(ids) + answer
@@ -113,7 +116,8 @@ async def hotloop_flow(base_url: str, api_key: str, job_id: str, dep_id: str, to
         ref = await trainer.provision(spec, None)
         dref = await deployments.provision(DeploymentSpec(MODEL, dep_id), ref, None)
         ref, dref = await asyncio.gather(
-            trainer.wait_ready(ref, reattach=False, timeout_s=240), deployments.wait_ready(dref, timeout_s=240)
+            trainer.wait_ready(ref, reattach=False, timeout_s=240),
+            deployments.wait_ready(dref, timeout_s=240),
         )
         session = await trainer.open_session(ref, spec, None)
         loader = deployments.hot_loader(dref, None, timeout_s=120, poll_interval_s=0.5)

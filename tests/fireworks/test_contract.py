@@ -78,7 +78,9 @@ async def test_hotloop_adapter_sends_what_fireworks_sdk_sends(
     ours = await RecordingProxy(fw_stack.base_url).start()
     try:
         fw_loaded, hl_loaded = await asyncio.gather(
-            asyncio.to_thread(fireworks_flow, theirs.url, fw_stack.api_key, "fw-job", "fw-dep", tiny_tokenizer),
+            asyncio.to_thread(
+                fireworks_flow, theirs.url, fw_stack.api_key, "fw-job", "fw-dep", tiny_tokenizer
+            ),
             hotloop_flow(ours.url, fw_stack.api_key, "hl-job", "hl-dep", tiny_tokenizer),
         )
     finally:
@@ -114,7 +116,9 @@ async def test_hotloop_adapter_sends_what_fireworks_sdk_sends(
 
     # Header names, route by route, beyond the allow-list (auth headers are also inside each Shape).
     assert _header_names(ours.records, hl_ids) == {
-        k: v for k, v in _header_names(theirs.records, fw_ids).items() if k in _header_names(ours.records, hl_ids)
+        k: v
+        for k, v in _header_names(theirs.records, fw_ids).items()
+        if k in _header_names(ours.records, hl_ids)
     }
 
     # What the issue named as wrong, explicitly: no tinker transport, no tml- key, no client/config.
