@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_controller.py [--skip-embedded]
 
-Part 1 (virtual clock, engine/sampling/sim.py): a deployment with C parallel slots and 1 s +-50 %
+Part 1 (virtual clock, tests/support/sim.py): a deployment with C parallel slots and 1 s +-50 %
 service times, i.e. a known capacity of C completions/s; windows above C only add prefill queue. A sweep
 of fixed windows finds the best throughput whose mean prefill queue stays within the target (0.5 s);
 the adaptive controller (hotloop's default policy, and Fireworks' exact rule for reference) runs on the
@@ -30,7 +30,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.local.launch import DEPLOYMENT_URL_KEY, launched, serve_argv
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support
+from support.launch import DEPLOYMENT_URL_KEY, launched, serve_argv
+from support.sim import (
+    ManualClock,
+    SimResult,
+    SimulatedDeployment,
+    intervals_until_steady,
+    run_closed_loop,
+)
+
 from engine.log import configure
 from engine.sampling import (
     AdaptiveConcurrencyController,
@@ -38,13 +47,6 @@ from engine.sampling import (
     FixedConcurrencyController,
 )
 from engine.sampling.controllers import AimdPolicy
-from engine.sampling.sim import (
-    ManualClock,
-    SimResult,
-    SimulatedDeployment,
-    intervals_until_steady,
-    run_closed_loop,
-)
 
 TARGET = 0.5
 DURATION, WARMUP, HALVE_AT = 400.0, 20.0, 200.0

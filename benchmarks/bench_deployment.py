@@ -21,12 +21,15 @@ import asyncio
 import json
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from engine.local.launch import DEPLOYMENT_URL_KEY, alaunched, serve_argv
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support
+from support.launch import DEPLOYMENT_URL_KEY, alaunched, serve_argv
 
 
 async def _one(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> dict[str, Any]:

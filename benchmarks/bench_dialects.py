@@ -16,12 +16,14 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from engine.local.launch import TRAINER_URL_KEY, launched, serve_argv
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support
+from support.launch import TRAINER_URL_KEY, launched, serve_argv
 
 REPO = Path(__file__).resolve().parents[1]
 

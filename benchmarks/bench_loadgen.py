@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_loadgen.py [--seconds 3] [--concurrency 32] [--tokens 16]
 
-The server (engine/loadtest/mock_server.py, its own process) streams ``--tokens`` chunks per request
+The server (tests/support/mock_server.py, its own process) streams ``--tokens`` chunks per request
 with no delay, so the client is the bottleneck as far as one machine allows. Measured, alternating
 to share the machine's noise, best of ``--rounds`` each:
 
@@ -33,9 +33,12 @@ from engine.loadtest.output import RunOutput, load_description
 from engine.loadtest.prompts import Prompt
 from engine.loadtest.runner import CellResult, CellRunner, new_session
 from engine.loadtest.schedules import ClosedLoop, OpenLoop
-from engine.local.launch import MOCK_URL_KEY, launched
 
-MOCK_ARGV = [sys.executable, "-m", "engine.loadtest.mock_server", "--port", "0", "--model", "bench"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support
+from support.launch import MOCK_URL_KEY, launched
+
+MOCK = Path(__file__).resolve().parents[1] / "tests" / "support" / "mock_server.py"
+MOCK_ARGV = [sys.executable, str(MOCK), "--port", "0", "--model", "bench"]
 
 
 async def bare_loop(

@@ -41,7 +41,10 @@ from engine.backends.vllm import (
     read_layout,
 )
 from engine.backends.vllm.materialize import WeightsMaterializer
-from engine.local.launch import DEPLOYMENT_URL_KEY, alaunched, serve_argv
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support
+from support.launch import DEPLOYMENT_URL_KEY, alaunched, serve_argv
+
 from engine.local.models import build_model_dir
 from engine.log import configure
 from engine.weights.snapshot import write_base, write_delta

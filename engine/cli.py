@@ -21,6 +21,7 @@ from engine import log
 SUBCOMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("run",), "engine.run.commands:RUN", "run an experiment (the demo when no config is given)"),
     (("resume",), "engine.run.commands:RESUME", "resume an unfinished run directory"),
+    (("report",), "engine.report.cli", "write a run's HTML report (plots, state timeline); overlay two runs"),
     (("up",), "engine.local.controlplane.cli", "start the embedded control plane"),
     (("serve", "trainer"), "engine.local.trainer.cli", "start the embedded trainer service"),
     (("serve", "deployment"), "engine.local.deployment.cli", "start the embedded deployment server"),

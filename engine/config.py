@@ -237,6 +237,37 @@ class Limits(_Model):
     ready_timeout_s: float = Field(default=900.0, gt=0, description="waiting for trainer and deployment")
 
 
+class TensorBoardSinkConfig(_Model):
+    """TensorBoard event files (needs ``pip install 'hotloop[tensorboard]'``)."""
+
+    log_dir: Path | None = Field(default=None, description="default: RUN_DIR/tensorboard")
+
+
+class WandbSinkConfig(_Model):
+    """A Weights & Biases run (needs ``pip install 'hotloop[wandb]'``). The API key is wandb's own
+    (``WANDB_API_KEY`` or ``wandb login``), never part of a config."""
+
+    project: str = Field(default="hotloop", min_length=1)
+    entity: str | None = None
+    mode: Literal["online", "offline"] | None = Field(
+        default=None, description="default: WANDB_MODE from the environment, else online"
+    )
+    dir: Path | None = Field(default=None, description="where wandb keeps its files; default: RUN_DIR")
+    tags: list[str] = Field(default_factory=list)
+
+
+class SinksConfig(_Model):
+    """Where metrics.jsonl's rows (and the run's config) are also sent. A sink runs on its own thread
+    behind a bounded queue: a sink that fails or hangs never stops or slows the run."""
+
+    tensorboard: TensorBoardSinkConfig | None = None
+    wandb: WandbSinkConfig | None = None
+    queue_size: int = Field(default=1024, ge=1, description="rows a sink may lag before new ones are dropped")
+    close_timeout_s: float = Field(
+        default=30.0, gt=0, description="waiting for the sinks to flush at the end"
+    )
+
+
 class RunConfig(_Model):
     recipe: Literal["rl", "sft"] = "rl"
     model: str = Field(default="small", min_length=1, description="embedded model name or local HF directory")
@@ -258,6 +289,7 @@ class RunConfig(_Model):
     deployment: DeploymentPlaneConfig = Field(default_factory=DeploymentPlaneConfig)
     user_code: UserCodeConfig = Field(default_factory=UserCodeConfig)
     limits: Limits = Field(default_factory=Limits)
+    sinks: SinksConfig = Field(default_factory=SinksConfig)
     keep_resources: bool = Field(
         default=True,
         description="leave the trainer job and deployment running when the run ends or is cancelled",

@@ -1,4 +1,5 @@
-"""engine/local/launch.py against stand-in children (plain ``python -c``), so no model is loaded."""
+"""tests/support/launch.py (and engine/local/launch.py's URL line) against stand-in children (plain
+``python -c``), so no model is loaded."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ import sys
 import time
 
 import pytest
-
-from engine.local.launch import LaunchError, alaunched, launched, serve_argv, url_from_line
+from support.launch import LaunchError, alaunched, launched, serve_argv, url_from_line
 
 KEY = "HOTLOOP_TEST_URL"
 # Prints a log line and the readiness line in one write (the parser must not wait for more), then idles.

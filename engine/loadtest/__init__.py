@@ -8,7 +8,8 @@ Modules (import what you need; this package import stays light for the CLI's --h
 - ``client``: ``Target``, ``stream_one`` (one timed streamed completion); ``scan``: ``StreamScanner``.
 - ``metrics`` (pure): ``RequestRecord``, ``GoodputTargets``, ``percentile``, ``distribution``,
   ``summarize_cell``; ``search`` (pure): ``SearchSpace``, ``SearchState``, ``next_probe``.
-- ``output``: ``RunOutput`` (requests.jsonl, summary.json, report.html); ``report``/``svg``: the
-  self-contained HTML report; ``prompts``: JSONL and synthetic prompts; ``mock_server``: a minimal
-  streaming server with a known delay and capacity (tests, benchmarks).
+- ``output``: ``RunOutput`` (requests.jsonl, summary.json, report.html); ``report``: the
+  self-contained HTML report (charts from engine.plots); ``prompts``: JSONL and synthetic prompts.
+  (A minimal streaming server with a known delay and capacity, for tests and benchmarks, is
+  tests/support/mock_server.py.)
 """

@@ -9,5 +9,7 @@
     planes         config -> the trainer and deployment backends
     offload        user code (rewards, tokenization) off the event loop
     display        the live table of `hotloop run`
+    sinks          metrics rows to TensorBoard, W&B or any MetricSink, off the loop (sinks_builtin)
+    run_metrics    Prometheus metrics of the runs a service embeds
     commands       the `hotloop run` and `hotloop resume` commands
 """

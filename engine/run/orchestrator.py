@@ -7,7 +7,9 @@ commit protocol); a finished one returns its summary without doing anything.
 
 The orchestration, in order: pick and pin the run directory, replay its journal, load the task (off
 the loop), open the two backends (engine.run.planes), then hand the states to the lifecycle Runner,
-which asks the Schedule for every transition. Derived files follow each committed exit.
+which asks the Schedule for every transition. Derived files follow each committed exit, and its
+metrics rows go to the metric sinks (engine.run.sinks); report.html (engine.report) is written when
+the run ends.
 
 Cancellation stops cleanly: the current state's in-flight requests are cancelled, the journal
 records where the run was cancelled, clients are closed, and the trainer job and deployment are
@@ -20,7 +22,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ from engine.run.offload import UserCode
 from engine.run.planes import ControlPlaneConnection, open_planes
 from engine.run.records import LEDGER_KINDS, EvalCommitted, StepCommitted
 from engine.run.rundir import LEDGER, METRICS, RunDir, default_run_dir
+from engine.run.sinks import MetricSink, open_fanout
+from engine.sampling.controllers import ConcurrencyController
 
 log = get_logger("engine.run")
 
@@ -130,12 +134,21 @@ def summarize(rd: RunDir, status: str, started: float, generation: int, **kw: An
     )
 
 
+@dataclass
+class _Live:
+    """What a RunHandle may read of its run while it goes (set by ``_execute``)."""
+
+    ctx: RunContext | None = None
+
+
 async def _execute(
     given: RunConfig | None,
     run_dir: str | os.PathLike[str] | None,
     bus: EventBus,
     connection: ControlPlaneConnection | None,
     planes: Planes | None,
+    sinks: Sequence[MetricSink] = (),
+    live: _Live | None = None,
 ) -> RunSummary:
     started = time.monotonic()
     config, rd = await asyncio.to_thread(_prepare_dir, given, run_dir)
@@ -162,6 +175,9 @@ async def _execute(
                 log.info("resuming run", run_dir=str(rd.path), step=resume.step, generation=generation)
             user_code = UserCode(task, config.user_code.executor, config.user_code.workers)
             stack.callback(user_code.close)
+            # Metric sinks (engine.run.sinks) drain on their own threads; closing waits a bounded time.
+            fanout = await asyncio.to_thread(open_fanout, config, rd.path, run_id, generation, sinks)
+            stack.push_async_callback(asyncio.to_thread, fanout.close)
             if planes is None:
                 planes = await open_planes(config, rd.path, stack, connection)
             ctx = RunContext(
@@ -177,12 +193,15 @@ async def _execute(
                 eval_rows=eval_rows,
                 eval_sha256=eval_sha,
             )
+            if live is not None:
+                live.ctx = ctx
 
             async def after_exit(state: State, facts: list[Fact]) -> None:
                 rows = [dict(f.row) for f in facts if isinstance(f, StepCommitted | EvalCommitted)]
                 ledger = [f.to_json() for f in facts if f.kind in LEDGER_KINDS]
                 await asyncio.to_thread(rd.append, METRICS, rows)
                 await asyncio.to_thread(rd.append, LEDGER, ledger)
+                fanout.put(rows)  # never blocks: a full queue drops the row for that sink
 
             default, limits = _limits(config)
             # The state modules import tinker and torch (seconds, the first time): not on the loop.
@@ -227,7 +246,19 @@ async def _execute(
             error=error,
         )
         await asyncio.to_thread(rd.write_summary, summary.as_dict())
+        await _write_report(rd)
     return summary
+
+
+async def _write_report(rd: RunDir) -> None:
+    """The run's report.html (engine.report), off the loop; a report that cannot be written is
+    logged and never fails the run."""
+    try:
+        from engine.report import write_report
+
+        await asyncio.to_thread(write_report, rd.path)
+    except Exception as exc:
+        log.warning("run report not written", run_dir=str(rd.path), error=f"{type(exc).__name__}: {exc}")
 
 
 def schedule_of(config: RunConfig) -> Schedule:
@@ -250,9 +281,18 @@ def _handlers() -> dict[State, Any]:
 class RunHandle:
     """A run in progress: watch it, cancel it, await its summary."""
 
-    def __init__(self, task: asyncio.Task[RunSummary], bus: EventBus) -> None:
+    def __init__(self, task: asyncio.Task[RunSummary], bus: EventBus, live: _Live | None = None) -> None:
         self.task = task
         self.bus = bus
+        self._live = live or _Live()
+
+    @property
+    def concurrency_controller(self) -> ConcurrencyController | None:
+        """The live sampler's concurrency controller (``window_size``, ``in_flight``) while the run
+        has a sampler; None before WAITING made one and after the run closed it."""
+        ctx = self._live.ctx
+        sampler = ctx.sampler if ctx is not None else None
+        return sampler.concurrency_controller if sampler is not None else None
 
     def events(self) -> AsyncIterator[LifecycleEvent]:
         return self.bus.subscribe()
@@ -274,24 +314,27 @@ def start(
     on_event: Callable[[LifecycleEvent], None] | None = None,
     connection: ControlPlaneConnection | None = None,
     planes: Planes | None = None,
+    sinks: Sequence[MetricSink] = (),
 ) -> RunHandle:
     """Start a run (or resume the one in ``run_dir``) as a task on the running loop.
 
     The backends come from the config, unless the caller passes a ``connection`` to a control plane it
     already runs, or its own ``planes`` (any objects satisfying engine.backends.base's Protocols; the
-    caller then owns and closes them).
+    caller then owns and closes them). ``sinks`` receive the metrics rows besides the sinks the config
+    selects (engine.run.sinks.MetricSink; each on its own thread).
     """
     cfg = validate_config(config) if config is not None else None
     bus = EventBus()
     if on_event is not None:
         bus.add_callback(on_event)
+    live = _Live()
     task = asyncio.get_running_loop().create_task(
-        _execute(cfg, run_dir, bus, connection, planes), name="hotloop-run"
+        _execute(cfg, run_dir, bus, connection, planes, sinks, live), name="hotloop-run"
     )
     # The Runner publishes a terminal event only for failures inside a state; a run that ends before
     # or outside one (bad run dir, the embedded stack not starting) must still end subscriptions.
     task.add_done_callback(lambda _: bus.close())
-    return RunHandle(task, bus)
+    return RunHandle(task, bus, live)
 
 
 async def run(
@@ -301,10 +344,11 @@ async def run(
     on_event: Callable[[LifecycleEvent], None] | None = None,
     connection: ControlPlaneConnection | None = None,
     planes: Planes | None = None,
+    sinks: Sequence[MetricSink] = (),
 ) -> RunSummary:
     """Run an experiment to the end and return its summary (raises RunFailed if it fails)."""
     return await start(
-        config, run_dir=run_dir, on_event=on_event, connection=connection, planes=planes
+        config, run_dir=run_dir, on_event=on_event, connection=connection, planes=planes, sinks=sinks
     ).wait()
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from deployment_helpers import complete, hot_load, stream, write_chain
-
-from engine.local.launch import DEPLOYMENT_URL_KEY, alaunched, serve_argv
+from support.launch import DEPLOYMENT_URL_KEY, alaunched, serve_argv
 
 
 @pytest.fixture

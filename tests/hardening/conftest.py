@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from engine.local.launch import DEPLOYMENT_URL_KEY, TRAINER_URL_KEY, launched, serve_argv
+from support.launch import DEPLOYMENT_URL_KEY, TRAINER_URL_KEY, launched, serve_argv
 
 from .support import Target
 

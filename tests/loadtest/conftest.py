@@ -6,8 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from engine.local.launch import DEPLOYMENT_URL_KEY, launched, serve_argv
+from support.launch import DEPLOYMENT_URL_KEY, launched, serve_argv
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
-from engine.loadtest.mock_server import MockConfig, start
+from support.mock_server import MockConfig, start
 
 
 class ThreadedMockServer:
-    """engine.loadtest.mock_server on a private event loop in a daemon thread (the CLI under test
+    """tests/support/mock_server.py on a private event loop in a daemon thread (the CLI under test
     runs its own loop with asyncio.run on the test's thread)."""
 
     def __init__(self, cfg: MockConfig) -> None:

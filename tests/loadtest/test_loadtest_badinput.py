@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 from loadtest_helpers import ThreadedMockServer, assert_counts_match, free_port, read_outputs, run_cli
-
-from engine.loadtest.mock_server import MockConfig
+from support.mock_server import MockConfig
 
 COMMON = ["--input-tokens", "4", "--output-tokens", "3", "--num-prompts", "4"]
 

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest_helpers import ThreadedMockServer, assert_counts_match, read_outputs, run_cli
-
-from engine.loadtest.mock_server import MockConfig
+from support.mock_server import MockConfig
 
 # 2 requests at a time, each ~60 ms (40 ms to the first token + 4 x 5 ms): capacity ~33 req/s.
 SERVER = MockConfig(model="mock", capacity=2, ttft_s=0.04, token_delay_s=0.005)

@@ -28,7 +28,7 @@ from engine.loadtest.metrics import (
 )
 from engine.loadtest.schedules import OpenLoop, intended_offsets, parse_number_list
 from engine.loadtest.search import SearchSpace, SearchState, next_probe, sweep_answer
-from engine.loadtest.svg import Chart, Series, nice_ticks, render
+from engine.plots.svg import Chart, Series, nice_ticks, render
 
 
 def test_percentiles_on_known_data() -> None:

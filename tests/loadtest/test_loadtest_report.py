@@ -1,58 +1,15 @@
-"""The HTML report of a sweep + adaptive search renders in headless Chromium, offline, with its plots.
-
-Chromium comes from Debian's `chromium` package (.ci/run installs it)."""
+"""The HTML report of a sweep + adaptive search renders in headless Chromium, offline, with its plots
+(tests/headless.py drives Debian's chromium, which .ci/run installs)."""
 
 from __future__ import annotations
 
 import re
-import shutil
-import struct
-import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
+from headless import CHROMIUM, chromium, png_pixels_vary
 from loadtest_helpers import ThreadedMockServer, assert_counts_match, read_outputs, run_cli
-
-from engine.loadtest.mock_server import MockConfig
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:
-    assert CHROMIUM is not None
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-    ]
-    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120, check=True)
-
-
-def _png_pixels_vary(png: bytes) -> tuple[int, int, float]:
-    """(width, height, share of the most common byte in the decoded scanlines)."""
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, width, height = 8, b"", 0, 0
-    while pos < len(png):
-        (length,) = struct.unpack(">I", png[pos : pos + 4])
-        kind = png[pos + 4 : pos + 8]
-        data = png[pos + 8 : pos + 8 + length]
-        if kind == b"IHDR":
-            width, height = struct.unpack(">II", data[:8])
-        elif kind == b"IDAT":
-            idat += data
-        pos += 12 + length
-    raw = zlib.decompress(idat)
-    counts = [0] * 256
-    for b in raw[:: max(1, len(raw) // 2_000_000)]:
-        counts[b] += 1
-    return width, height, max(counts) / sum(counts)
+from support.mock_server import MockConfig
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
@@ -102,7 +59,7 @@ def test_report_renders_with_plots_in_headless_chromium(tmp_path: Path) -> None:
     assert "<script" not in html and "<link" not in html and " src=" not in html  # self-contained
 
     profile = tmp_path / "profile"
-    dom = _chromium(["--dump-dom", (out / "report.html").as_uri()], profile).stdout
+    dom = chromium(["--dump-dom", (out / "report.html").as_uri()], profile).stdout
     plots = re.findall(r'<svg class="plot" data-plot="([^"]+)"', dom)
     cells = [c["label"] for c in summary["cells"]]
     for name in ("throughput-vs-load:rate", "tokens-vs-load:rate", "latency-vs-load:rate"):
@@ -124,7 +81,7 @@ def test_report_renders_with_plots_in_headless_chromium(tmp_path: Path) -> None:
     assert "Adaptive search" in dom and "search concurrency" not in dom
 
     shot = tmp_path / "report.png"
-    _chromium([f"--screenshot={shot}", "--window-size=1400,2200", (out / "report.html").as_uri()], profile)
-    width, height, top_share = _png_pixels_vary(shot.read_bytes())
+    chromium([f"--screenshot={shot}", "--window-size=1400,2200", (out / "report.html").as_uri()], profile)
+    width, height, top_share = png_pixels_vary(shot.read_bytes())
     assert (width, height) == (1400, 2200)
     assert top_share < 0.99  # a blank page is > 0.999 the same byte; this one has charts and text

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from support.sim import ManualClock, SimulatedDeployment, intervals_until_steady, run_closed_loop
+
 from engine.sampling import AdaptiveConcurrencyController, FixedConcurrencyController
 from engine.sampling.controllers import AimdPolicy
-from engine.sampling.sim import ManualClock, SimulatedDeployment, intervals_until_steady, run_closed_loop
 
 
 def test_queueing_model_matches_little() -> None:

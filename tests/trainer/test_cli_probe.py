@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from engine.local.launch import TRAINER_URL_KEY, launched, serve_argv
+from support.launch import TRAINER_URL_KEY, launched, serve_argv
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE = (REPO / ".." / "shared" / "contracts" / "tinker_probe.py").resolve()

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from engine.local.launch import TRAINER_URL_KEY, launched, serve_argv
+from support.launch import TRAINER_URL_KEY, launched, serve_argv
 
 
 @dataclass

@@ -15,12 +15,12 @@ from engine.backends.vllm.materialize import (
     INITIAL_DIR,
     MARKER,
     WEIGHTS_FILE,
-    DirectoryStore,
     WeightsMaterializer,
     read_layout,
 )
 from engine.weights.names import SnapshotError
 from engine.weights.snapshot import write_base, write_delta
+from engine.weights.store import DirectoryStore
 
 
 def _trainer_state(model_dir: Path, seed: int = 0, scale: float = 0.0) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 import engine
+from engine.backends.fireworks.phases import RESUMABLE_STATES
 from engine.local.controlplane import store
 from engine.local.controlplane.resources import (
     ACCOUNT,
@@ -32,8 +33,9 @@ from engine.log import get_logger
 
 log = get_logger("controlplane")
 
-RESUMABLE = {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_PAUSED", "JOB_STATE_COMPLETED"}
-TOMBSTONES = {"JOB_STATE_DELETED", "JOB_STATE_DELETING"}
+# A job being deleted or deleted is gone: it is never resumed or restarted. (Fireworks' "tombstone"
+# states, in engine.backends.fireworks.phases, are the narrower set whose id can never be reused.)
+GONE_STATES = frozenset({"JOB_STATE_DELETED", "JOB_STATE_DELETING"})
 
 
 class ControlPlane:
@@ -99,7 +101,7 @@ class ControlPlane:
 
     def restore(self) -> None:
         """Reload the records a previous control plane left in ``root`` and restart their processes
-        (same buckets, same state dirs); tombstoned jobs stay tombstones. Needs a running loop."""
+        (same buckets, same state dirs); deleted jobs stay deleted. Needs a running loop."""
         for job in store.load_jobs(self.root):
             self.jobs[job.job_id] = job
             if job.state != "JOB_STATE_DELETED":
@@ -203,9 +205,9 @@ class ControlPlane:
 
     def resume_job(self, job_id: str) -> JobRecord:
         job = self.job(job_id)
-        if job.state in TOMBSTONES:
+        if job.state in GONE_STATES:
             raise ApiError(412, f"rlorTrainerJob {job_id!r} is {job.state} and cannot be resumed")
-        if job.state in RESUMABLE:
+        if job.state in RESUMABLE_STATES:
             job.restarts += 1
             store.save_job(job)
             job.set_state(
@@ -217,10 +219,10 @@ class ControlPlane:
 
     def delete_job(self, job_id: str) -> JobRecord:
         job = self.job(job_id)
-        if job.state not in TOMBSTONES:
+        if job.state not in GONE_STATES:
             job.generation += 1
             job.set_state("JOB_STATE_DELETING", "deleting")
-            store.save_job(job)  # the tombstone is durable at once
+            store.save_job(job)  # the deletion is durable at once
             self._spawn(self._finish_delete_job(job, job.child))
         return job
 
@@ -247,7 +249,7 @@ class ControlPlane:
         job = self.jobs.get(job_id)
         if job is None:
             raise ApiError(400, f"{field_name}: trainer job {ref!r} not found")
-        if job.state in TOMBSTONES:
+        if job.state in GONE_STATES:
             raise ApiError(400, f"{field_name}: trainer job {ref!r} is {job.state}")
         if job.model != model:
             raise ApiError(

@@ -1,14 +1,18 @@
 """Tiny inline-SVG charts (pure string builders): no JavaScript, no network, no dependencies.
 
 Each chart is one ``<svg class="plot" data-plot=NAME>`` element with axes, nice ticks, a title and
-a legend, so a report is a single self-contained HTML file that any browser renders offline.
+a legend, so a report is a single self-contained HTML file that any browser renders offline. Shared by
+the load tester's report and the run report (engine.report): xy charts (``Chart``) and a Gantt strip
+(``Gantt``, one lane per category, e.g. the lifecycle states). A series with per-point ``labels``
+draws every point with a tooltip and its values as ``data-x``/``data-y``, so a reader (or a test)
+can recover the exact numbers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html import escape
 
@@ -24,6 +28,8 @@ class Series:
     ys: Sequence[float]
     style: str = "line"  # "line" | "points" | "step" | "bars"
     color: str | None = None
+    labels: Sequence[str] | None = None  # one tooltip per point (drawn as a marked circle)
+    notes: Sequence[str] | None = None  # short text written next to each point (for a few points)
 
 
 @dataclass
@@ -33,6 +39,8 @@ class Marker:
     x: float
     label: str
     color: str = "#444"
+    kind: str = ""  # written as data-mark, e.g. "failed"
+    detail: str = ""  # a tooltip (the full text behind a short label)
 
 
 @dataclass
@@ -44,6 +52,7 @@ class Chart:
     series: list[Series] = field(default_factory=list)
     markers: list[Marker] = field(default_factory=list)
     hline: tuple[float, str] | None = None  # (y, label), e.g. a latency target
+    headroom: float = 0.0  # extra y range above the data, as a share of it (room for point notes)
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -60,7 +69,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return [round(i * step, 10) for i in range(first, max(last, first + 1) + 1)]
 
 
-def _fmt(v: float) -> str:
+def fmt_tick(v: float) -> str:
     if v == 0:
         return "0"
     if abs(v) >= 10000 or abs(v) < 0.01:
@@ -85,7 +94,8 @@ def render(chart: Chart) -> str:
         parts.append(f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle" fill="#888">no data</text></svg>')
         return "".join(parts)
     xt = nice_ticks(min(xs), max(xs))
-    yt = nice_ticks(min(0.0, min(ys)), max(ys))
+    lo, hi = min(0.0, min(ys)), max(ys)
+    yt = nice_ticks(lo, hi + chart.headroom * ((hi - lo) or abs(hi) or 1.0))
     x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
     pw, ph = W - ML - MR, H - MT - MB
 
@@ -98,11 +108,12 @@ def render(chart: Chart) -> str:
     for t in yt:
         parts.append(f'<line x1="{ML}" x2="{W - MR}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#eee"/>')
         parts.append(
-            f'<text x="{ML - 6}" y="{py(t) + 4:.1f}" text-anchor="end" font-size="11">{_fmt(t)}</text>'
+            f'<text x="{ML - 6}" y="{py(t) + 4:.1f}" text-anchor="end" font-size="11">{fmt_tick(t)}</text>'
         )
     for t in xt:
         parts.append(
-            f'<text x="{px(t):.1f}" y="{H - MB + 16}" text-anchor="middle" font-size="11">{_fmt(t)}</text>'
+            f'<text x="{px(t):.1f}" y="{H - MB + 16}" text-anchor="middle" font-size="11">'
+            f"{fmt_tick(t)}</text>"
         )
     parts.append(
         f'<rect x="{ML}" y="{MT}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>'
@@ -119,12 +130,7 @@ def render(chart: Chart) -> str:
             f'font-size="11" fill="#d62728">{escape(label)}</text>'
         )
     for k, m in enumerate(chart.markers):
-        parts.append(
-            f'<line x1="{px(m.x):.1f}" x2="{px(m.x):.1f}" y1="{MT}" y2="{MT + ph}" stroke="{m.color}" '
-            f'stroke-dasharray="4 3" stroke-width="1.5"/>'
-            f'<text x="{px(m.x) + 4:.1f}" y="{MT + ph - 6 - 13 * k}" '
-            f'font-size="11" fill="{m.color}">{escape(m.label)}</text>'
-        )
+        parts.append(marker_svg(m, px(m.x), MT, MT + ph, MT + ph - 6 - 13 * k))
     clip = "clip-" + hashlib.sha1(chart.name.encode()).hexdigest()[:12]
     parts.append(
         f'<clipPath id="{clip}"><rect x="{ML}" y="{MT - 4}" width="{pw + 4}" height="{ph + 8}"/></clipPath>'
@@ -145,10 +151,11 @@ def render(chart: Chart) -> str:
             )
             parts.append("</g>")
         elif s.style == "points":
-            parts.append(f'<g fill="{color}" fill-opacity="0.6" class="series">')
-            r = 4 if len(pts) <= 40 else 2.2
-            parts.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="{r}"/>' for x, y in pts)
-            parts.append("</g>")
+            if s.labels is None:  # a labelled series draws its points below, each with its tooltip
+                parts.append(f'<g fill="{color}" fill-opacity="0.6" class="series">')
+                r = 4 if len(pts) <= 40 else 2.2
+                parts.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="{r}"/>' for x, y in pts)
+                parts.append("</g>")
         else:
             if s.style == "step":
                 stepped: list[tuple[float, float]] = []
@@ -161,10 +168,12 @@ def render(chart: Chart) -> str:
             parts.append(
                 f'<polyline class="series" points="{d}" fill="none" stroke="{color}" stroke-width="1.8"/>'
             )
-            if len(pts) <= 40 and s.style == "line":
+            if len(pts) <= 40 and s.style == "line" and s.labels is None:
                 parts.extend(
                     f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>' for x, y in pts
                 )
+        if s.labels is not None:
+            parts.append(_labelled_points(s, color, px, py))
         lx, ly = ML + 8, MT + 14 + 14 * i
         legend.append(
             f'<rect x="{lx}" y="{ly - 8}" width="10" height="10" fill="{color}"/>'
@@ -180,6 +189,37 @@ def render(chart: Chart) -> str:
             'fill="#fff" fill-opacity="0.8"/>',
         )
     return "".join(parts + legend) + "</svg>"
+
+
+def marker_svg(m: Marker, x: float, top: float, bottom: float, label_y: float) -> str:
+    kind = f' data-mark="{escape(m.kind)}"' if m.kind else ""
+    tip = f"<title>{escape(m.detail)}</title>" if m.detail else ""
+    return (
+        f'<g class="marker"{kind}>{tip}<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{bottom}" '
+        f'stroke="{m.color}" stroke-dasharray="4 3" stroke-width="1.5"/>'
+        f'<text x="{x + 4:.1f}" y="{label_y:.1f}" font-size="11" fill="{m.color}">'
+        f"{escape(m.label)}</text></g>"
+    )
+
+
+def _labelled_points(
+    s: Series, color: str, px: Callable[[float], float], py: Callable[[float], float]
+) -> str:
+    assert s.labels is not None and len(s.labels) == len(s.xs), f"series {s.name!r}: one label per point"
+    out = [f'<g fill="{color}" class="series points" data-series="{escape(s.name)}">']
+    for i, (x, y, label) in enumerate(zip(s.xs, s.ys, s.labels, strict=True)):
+        out.append(
+            f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" data-x="{x!r}" data-y="{y!r}">'
+            f"<title>{escape(label)}</title></circle>"
+        )
+        if s.notes is not None:
+            tx, ty = px(x) + 4, py(y) - 6
+            out.append(
+                f'<text class="note" x="{tx:.1f}" y="{ty:.1f}" font-size="10" fill="{color}" '
+                f'transform="rotate(-28 {tx:.1f} {ty:.1f})">{escape(s.notes[i])}</text>'
+            )
+    out.append("</g>")
+    return "".join(out)
 
 
 def histogram(values: Sequence[float], bins: int = 30) -> tuple[list[float], list[float]]:
