@@ -210,3 +210,25 @@ def test_dialect_auto_follows_the_control_plane() -> None:
     assert trainer_dialect("auto", {"name": "j"}) == "fireworks"
     assert trainer_dialect("fireworks", {"hotloop": {}}) == "fireworks"
     assert trainer_dialect("tinker", {}) == "tinker"
+
+
+async def test_restore_sends_fireworks_load_weights(scripted: ScriptedTrainer) -> None:
+    session = await FireworksTrainingSession.connect(
+        scripted.url, KEY, "accounts/fireworks/models/tiny", restore_path="state-000004-g1", optimizer_steps=4
+    )
+    # What Fireworks' load_state_with_optimizer sends (recorded from fireworks-ai 1.2.30).
+    assert scripted.posts[2] == (
+        "load_weights",
+        {
+            "model_id": "s1:train:0",
+            "path": "state-000004-g1",
+            "optimizer": True,
+            "type": "load_weights",
+            "seq_id": 1,
+        },
+    )
+    assert session.optimizer_steps == 4
+    await session.optim_step(tinker.AdamParams())
+    assert session.optimizer_steps == 5 and scripted.posts[-1][1]["seq_id"] == 2
+    assert session.default_delta_format == ("arc_v2", "alder32")
+    await session.close()

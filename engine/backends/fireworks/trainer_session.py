@@ -162,7 +162,7 @@ class FireworksTrainingSession:
         self._model_id = str(result["model_id"])
 
     async def _load(self, path: str) -> None:
-        body = {"model_id": self._model_id, "path": path, "optimizer": True}
+        body = {"model_id": self._model_id, "path": path, "optimizer": True, "type": "load_weights"}
         await self._submit(self._reserve(), "/api/v1/load_weights", body, "load_weights", "LoadWeights")
 
     # ---- properties -----------------------------------------------------------------------------
@@ -170,6 +170,11 @@ class FireworksTrainingSession:
     @property
     def model_id(self) -> str:
         return self._model_id
+
+    @property
+    def default_delta_format(self) -> tuple[str, str]:
+        """How this trainer's deltas are encoded when a save's answer does not say: Fireworks'."""
+        return wire.FIREWORKS_DELTA_FORMAT
 
     @property
     def lora_rank(self) -> int:
