@@ -94,6 +94,7 @@ def fireworks_flow(base_url: str, api_key: str, job_id: str, dep_id: str, tokeni
         loaded.append(syncer.save_and_hotload(f"step_{step:05d}"))
     client.save_state("ckpt-a").result()
     client.unload_model().result()
+    service.close()  # stops its heartbeats (it sends nothing more)
     return loaded
 
 

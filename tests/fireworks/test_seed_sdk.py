@@ -181,6 +181,8 @@ def seed_workflow(base_url: str, api_key: str, tokenizer: Any) -> dict[str, Any]
         assert time.monotonic() < deadline, "the control plane never marked the killed trainer FAILED"
         time.sleep(0.2)
 
+    service.close()  # the dead trainer's client: stop its heartbeats
+
     # Reconnect to existing job (handles preemption, transitional states)
     endpoint = rlor_mgr.reconnect_and_wait(job_id, timeout_s=300)
 
@@ -215,6 +217,7 @@ def seed_workflow(base_url: str, api_key: str, tokenizer: Any) -> dict[str, Any]
     )
     facts["control_plane_checkpoints"] = rlor_mgr.list_checkpoints(job_id)
     facts["job_name"] = created.job_name
+    service.close()
     return facts
 
 
@@ -290,6 +293,7 @@ def lora_workflow(base_url: str, api_key: str, tokenizer: Any) -> dict[str, Any]
     )
     facts["moe"] = rlor.model_is_moe(model)
     client.unload_model().result()
+    service.close()
     return facts
 
 
