@@ -24,6 +24,7 @@ async def run(ctx: RunContext) -> None:
         snap = await ctx.live_syncer().save_only(f"step-{c.step:06d}")
         ctx.beat("sampler snapshot saved")
         ctx.snapshot = snap
+        ctx.versions.snapshot(snap.snapshot_name, c.step)  # before any completion can name it
         ctx.record(
             SnapshotSaved(
                 c.step,

@@ -4,7 +4,8 @@ A fresh run opens a new model on the trainer; a resumed run re-attaches to its t
 been lost meanwhile) and restores the last committed full training state with its optimizer, checking
 the trainer's optimizer step counter against the journal. Then the deployment's served identity is
 read back: if it is not what the journal committed for the restored step, the run owes a sync before
-sampling or evaluating.
+sampling or evaluating. The policy versions start from the committed ledger, with the identity read
+back as what the sampler's first drain epoch is served by.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import asyncio
 
 from engine.backends.base import RestorePoint
-from engine.errors import FatalError
+from engine.errors import ConfigError, FatalError
 from engine.lifecycle.schedule import Counters
 from engine.run.context import RunContext
 from engine.run.records import Connected
+from engine.run.versions import PolicyVersions
 from engine.sampling import AdaptiveConcurrencyController, FixedConcurrencyController, SamplingRetryPolicy
 from engine.weights.syncer import WeightSyncer
 from states._util import first_error
@@ -77,5 +79,13 @@ async def run(ctx: RunContext) -> None:
         controller=controller,
         retry_policy=SamplingRetryPolicy(attempt_timeout_s=cfg.sampling.request_timeout_s),
     )
+    ctx.versions = PolicyVersions.from_ledger(resume.ledger)
+    ctx.versions.serves(ctx.sampler.epoch, served)
+    keep = ctx.deployment.hotload_policy == "keep"
+    if ctx.async_rollouts is not None and keep and not ctx.deployment.per_completion_identity:
+        raise ConfigError(
+            f"rl.async_rollouts: the {ctx.deployment.kind!r} deployment keeps sampling through hot-loads "
+            "but names no identity per completion, so the policy of its rollouts cannot be known"
+        )
     ctx.counters = Counters.restored(resume.step, resume.evaluated_step, serves_restored_step=in_step)
     ctx.record(Connected(resume.step, served, in_step, session.model_id))

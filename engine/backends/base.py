@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from engine.sampling.sampler import DeploymentSampler
 
 CheckpointType = Literal["base", "delta"]
+HotloadPolicy = Literal["keep", "drain"]
 
 HOTLOOP_DELTA_FORMAT = ("zstd", "sha256")
 """hotloop's own delta encoding (engine.weights.snapshot): compression and checksum format names."""
@@ -218,6 +219,15 @@ class DeploymentBackend(Protocol):
     per_completion_identity: bool
     """True when every completion reports the identity that generated it; False when only the identity
     verified around a sampling state is known (the state then checks it did not change)."""
+    hotload_policy: HotloadPolicy
+    """What a run does around a hot-load while rollouts are being sampled (asynchronous RL).
+    ``keep``: sampling goes on; the deployment finishes each in-flight completion on the weights it
+    started with and names them per completion (needs ``per_completion_identity``), so each
+    completion's reported identity decides its policy version (hotloop's embedded deployment).
+    ``drain``: the sampler stops admitting attempts, waits until those in flight finished, the
+    hot-load runs, admission reopens in a new epoch; every completion is then started and finished
+    within one verified identity and stamped with it (vLLM 0.32, whose reload and ``pause?mode=keep``
+    let a request continue on new weights unnamed; Fireworks, which names no identity per completion)."""
 
     async def provision(
         self, spec: DeploymentSpec, trainer: TrainerRef, known: DeploymentRef | None

@@ -1,7 +1,9 @@
 """Lifecycle events, observable by a program that embeds the engine.
 
 The Runner publishes one ``LifecycleEvent`` per state entry and exit, plus the facts a state
-records (a committed step, a saved checkpoint, a sync, an evaluation) and the run's end. Observers
+records (a committed step, a saved checkpoint, a sync, an evaluation) and the run's end. In
+asynchronous RL the rollout machine publishes ``rollout`` events (its state, the target step, and a
+``RolloutProgress`` with the buffer's contents) on the same bus; they are never terminal. Observers
 either register a callback (called synchronously, in order, on the event loop; it must be quick)
 or iterate ``EventBus.subscribe()``, an async iterator with its own unbounded queue that ends after
 the terminal event. A slow or failing observer never stalls or breaks the run: callback errors
@@ -16,21 +18,34 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engine.lifecycle.table import State
+from engine.lifecycle.table import RolloutState, State
 from engine.log import get_logger
 
 log = get_logger("engine.lifecycle.events")
 
-EventKind = Literal["enter", "exit", "record", "done", "failed", "cancelled"]
+EventKind = Literal["enter", "exit", "record", "done", "failed", "cancelled", "rollout"]
+
+
+@dataclass(frozen=True)
+class RolloutProgress:
+    """What a ``rollout`` event reports: the rollout machine entered or left ``state``."""
+
+    phase: Literal["enter", "exit", "failed"]
+    target: int | None  # the step whose batch SAMPLING samples
+    trained: int
+    synced: int
+    buffered: tuple[int, ...]
+    in_flight: tuple[int, ...]
+    capacity: int
 
 
 @dataclass(frozen=True)
 class LifecycleEvent:
     kind: EventKind
-    state: State
+    state: State | RolloutState  # a RolloutState only on ``rollout`` events
     step: int
     run_id: str = ""
-    next_state: State | None = None
+    next_state: State | RolloutState | None = None
     seconds: float | None = None  # time spent in the state (exit events)
     record: Any = None  # kind "record": the fact the state recorded (engine.run.records)
     error: str | None = None

@@ -16,6 +16,8 @@ long, and the last thing it reported.
 Fault injection for crash tests: ``HOTLOOP_FAULT=kill:STATE[@STEP][:enter|:exit]`` makes the
 process SIGKILL itself right after journaling the entry of STATE (``enter``), or once the state's
 work is done but before its exit is journaled (``exit``, the default: the most adversarial point).
+STEP is the committed step at entry; ``rollout.STATE@TARGET`` names a state of the rollout machine
+(asynchronous RL) and the step whose batch it samples.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from engine.errors import FatalError, StuckError
 from engine.journal import Record
 from engine.lifecycle.events import EventBus, EventKind, LifecycleEvent
 from engine.lifecycle.schedule import Counters
-from engine.lifecycle.table import TERMINAL, State, check_transition
+from engine.lifecycle.table import TERMINAL, RolloutState, State, check_transition
 from engine.log import get_logger
 
 log = get_logger("engine.lifecycle.runner")
@@ -59,7 +61,7 @@ class StateLimits:
 class StallWatch:
     """The bound of one visit to a state; ``beat`` pushes its stall deadline forward."""
 
-    def __init__(self, state: State, limits: StateLimits) -> None:
+    def __init__(self, state: State | RolloutState, limits: StateLimits) -> None:
         self.state = state
         self.limits = limits
         self.where = "entered"
@@ -89,7 +91,8 @@ class StallWatch:
             why = f"still running after its {self.limits.timeout_s:g}s limit"
         else:
             why = f"no progress for {now - self._last:.1f}s (stall limit {self.limits.stall_s:g}s)"
-        return StuckError(f"lifecycle state {self.state.name} is stuck: {why}; last progress: {self.where}")
+        machine = "rollout" if isinstance(self.state, RolloutState) else "lifecycle"
+        return StuckError(f"{machine} state {self.state.name} is stuck: {why}; last progress: {self.where}")
 
 
 @dataclass
@@ -127,7 +130,7 @@ class RunFailed(FatalError):
 class FaultPlan:
     """Where a crash test wants this process to die (parsed from HOTLOOP_FAULT)."""
 
-    state: State
+    state: State | RolloutState
     step: int | None = None
     phase: str = "exit"
 
@@ -142,13 +145,19 @@ class FaultPlan:
             name, _, step = target.partition("@")
             if action != "kill" or phase not in ("", "enter", "exit"):
                 raise ValueError(spec)
-            return cls(State[name.upper()], int(step) if step else None, phase or "exit")
+            machine, dot, rollout_name = name.partition(".")
+            state: State | RolloutState = (
+                RolloutState[rollout_name.upper()]
+                if dot and machine.lower() == "rollout"
+                else State[name.upper()]
+            )
+            return cls(state, int(step) if step else None, phase or "exit")
         except (KeyError, ValueError) as exc:
             raise ValueError(
-                f"HOTLOOP_FAULT must look like kill:STATE[@STEP][:enter|:exit], got {spec!r}"
+                f"HOTLOOP_FAULT must look like kill:[rollout.]STATE[@STEP][:enter|:exit], got {spec!r}"
             ) from exc
 
-    def check(self, state: State, step: int, phase: str) -> None:
+    def check(self, state: State | RolloutState, step: int, phase: str) -> None:
         if state is self.state and phase == self.phase and (self.step is None or self.step == step):
             log.warning("fault_injection_kill", state=state.name, step=step, phase=phase)
             os.kill(os.getpid(), signal.SIGKILL)

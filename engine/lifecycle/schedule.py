@@ -26,6 +26,10 @@ never more than ``sync_every - 1`` policy versions old), at a step that is a mul
 ``sync_every``, when an evaluation is due (evaluations see the step's weights), at the last step
 (the deployment ends on the final snapshot), or when ``force_sync`` is set (a resumed run whose
 deployment serves something other than the restored step).
+
+Asynchronous RL runs this Schedule with ``needs_rollouts=False`` (the rollout machine samples,
+engine.lifecycle.rollout), and its staleness bound is ``max_staleness`` instead of
+``sync_every - 1`` (the config requires ``sync_every <= max_staleness + 1``).
 """
 
 from __future__ import annotations

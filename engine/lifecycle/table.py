@@ -19,6 +19,19 @@ The shape of one run::
 - SYNCING is the only way into EVALUATING from training, because evaluation goes through the
   deployment and must see the step's weights.
 - FAILED is reachable from every non-terminal state; DONE and FAILED have no way out.
+
+Asynchronous RL (``rl.async_rollouts``) runs a second machine on the same loop, the rollout machine,
+with its own table (``ROLLOUT_TRANSITIONS``) and Schedule (engine.lifecycle.rollout). The learner
+above then never enters SAMPLING: TRAINING takes each step's batch from a bounded buffer the rollout
+machine fills::
+
+    IDLE -> SAMPLING -> SAMPLING -> ... -> IDLE -> SAMPLING -> ... -> DONE
+
+- IDLE lasts until the rollout Schedule allows a target step (a sync, a trained step, room in the
+  buffer) or the learner has trained the last step (DONE).
+- SAMPLING samples the batch of one target step and puts it in the buffer; then the next target,
+  or IDLE when none is allowed yet. It never goes to DONE directly: the last step is done when the
+  learner trained it, not when it was sampled (a stale batch may still have to be re-sampled).
 """
 
 from __future__ import annotations
@@ -60,13 +73,42 @@ TERMINAL = frozenset({S.DONE, S.FAILED})
 WORK_STATES = frozenset({S.SAMPLING, S.TRAINING, S.CHECKPOINTING, S.SYNCING, S.EVALUATING})
 
 
+class RolloutState(enum.StrEnum):
+    """The rollout machine's states (asynchronous RL); see the module docstring."""
+
+    IDLE = "idle"
+    SAMPLING = "sampling"
+    DONE = "done"
+    FAILED = "failed"
+
+
+R = RolloutState
+
+ROLLOUT_TRANSITIONS: dict[RolloutState, frozenset[RolloutState]] = {
+    R.IDLE: frozenset({R.SAMPLING, R.DONE, R.FAILED}),
+    R.SAMPLING: frozenset({R.SAMPLING, R.IDLE, R.FAILED}),
+    R.DONE: frozenset(),
+    R.FAILED: frozenset(),
+}
+
+ROLLOUT_INITIAL = R.IDLE
+ROLLOUT_TERMINAL = frozenset({R.DONE, R.FAILED})
+
+
+def _table(state: State | RolloutState) -> tuple[str, frozenset[State | RolloutState]]:
+    if isinstance(state, RolloutState):
+        return "rollout", frozenset(ROLLOUT_TRANSITIONS[state])
+    return "lifecycle", frozenset(TRANSITIONS[state])
+
+
 class IllegalTransition(FatalError):
     """A state proposed a successor the table does not allow (a bug in a state or the Schedule)."""
 
-    def __init__(self, source: State, target: State) -> None:
-        allowed = ", ".join(sorted(s.name for s in TRANSITIONS[source])) or "nothing (terminal)"
+    def __init__(self, source: State | RolloutState, target: State | RolloutState) -> None:
+        machine, targets = _table(source)
+        allowed = ", ".join(sorted(s.name for s in targets)) or "nothing (terminal)"
         super().__init__(
-            f"illegal lifecycle transition {source.name} -> {target.name}; "
+            f"illegal {machine} transition {source.name} -> {target.name}; "
             f"allowed from {source.name}: {allowed}"
         )
         self.source = source
@@ -76,5 +118,12 @@ class IllegalTransition(FatalError):
 def check_transition(source: State, target: State) -> State:
     """Return ``target`` if the table allows ``source -> target``, else raise IllegalTransition."""
     if target not in TRANSITIONS[source]:
+        raise IllegalTransition(source, target)
+    return target
+
+
+def check_rollout_transition(source: RolloutState, target: RolloutState) -> RolloutState:
+    """The rollout machine's check against ``ROLLOUT_TRANSITIONS``."""
+    if target not in ROLLOUT_TRANSITIONS[source]:
         raise IllegalTransition(source, target)
     return target

@@ -3,7 +3,10 @@ importance-sampling or PPO objective applied with ``forward_backward_custom``.
 
 Rollouts come only from the deployment (``DeploymentSampler``), never from trainer internals, and
 each one carries the policy version (the step whose snapshot the deployment served) and the
-snapshot identity the deployment reported for it, so staleness is visible in data.
+snapshot identity the deployment reported for it, so staleness is visible in data. Asynchronous RL
+stamps each rollout with the version that generated it (``stamp``: one batch may span several) and
+trains only groups no staler than its bound (``drop_stale``); the objectives below use the
+sampler's logprobs as the behaviour policy, which is what corrects for the off-policy lag.
 
 Objective, per completion token t of sample i with advantage A_i (reward minus its group's mean):
 ratio_t = exp(logp_t - logp_behaviour_t) where the behaviour logprob is the deployment's sampling
@@ -19,16 +22,19 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar, cast
 
 import torch
 from tinker import types
 
 from engine.errors import FatalError
+from engine.lifecycle.rollout import staleness
 from engine.recipes.tasks import Example, Task
 
 T = TypeVar("T")
+Stamp = Callable[[Any], tuple[str | None, int]]
+"""(identity, policy version) of the weights that generated one sampled completion."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class Rollout:
     advantage: float
     policy_version: int
     snapshot_identity: str | None
+    group: int = 0  # index of its group (one prompt) in the batch
 
 
 @dataclass
@@ -58,6 +65,32 @@ class RolloutBatch:
     @property
     def reward_mean(self) -> float:
         return sum(r.reward for r in self.rollouts) / max(1, len(self.rollouts))
+
+    def staleness(self) -> tuple[int, float]:
+        """(max, mean) staleness of the rollouts when this batch trains its step."""
+        ages = [staleness(self.step, r.policy_version) for r in self.rollouts]
+        return max(ages, default=0), sum(ages) / max(1, len(ages))
+
+
+def _with_rollouts(batch: RolloutBatch, rollouts: list[Rollout]) -> RolloutBatch:
+    """``batch`` holding ``rollouts``: its version is the oldest one, its identities theirs."""
+    return RolloutBatch(
+        step=batch.step,
+        rollouts=rollouts,
+        policy_version=min((r.policy_version for r in rollouts), default=batch.policy_version),
+        snapshot_identities=list(dict.fromkeys(r.snapshot_identity for r in rollouts)),
+        seconds=batch.seconds,
+        window=batch.window,
+    )
+
+
+def drop_stale(batch: RolloutBatch, max_staleness: int) -> tuple[RolloutBatch, int]:
+    """Keep the groups whose oldest rollout is at most ``max_staleness`` versions behind when the batch
+    trains; returns the kept batch and how many rollouts were dropped. Whole groups go, because their
+    advantages are centred on the group."""
+    stale = {r.group for r in batch.rollouts if staleness(batch.step, r.policy_version) > max_staleness}
+    kept = [r for r in batch.rollouts if r.group not in stale]
+    return _with_rollouts(batch, kept), len(batch.rollouts) - len(kept)
 
 
 class UserCodeRunner(Protocol):
@@ -96,10 +129,11 @@ async def sample_groups(
     temperature: float,
     policy_version: int,
     beat: Callable[[str], None],
+    stamp: Stamp | None = None,
 ) -> list[list[Rollout]]:
     """One group of ``group_size`` samples per example, all in flight at once (the controller
     admits them). Rewards are computed (off the loop) as groups complete; a bad reward fails the whole
-    batch."""
+    batch. Without ``stamp`` every rollout gets ``policy_version`` and the identity it reports."""
 
     async def one_group(index: int, example: Example) -> list[Rollout]:
         prompt = await user.in_thread(prompt_tokens, tokenizer, example.prompt)
@@ -111,6 +145,7 @@ async def sample_groups(
         texts = [visible_text(tokenizer, c.completion_tokens) for c in completions]
         rewards = await user.rewards([(example.prompt, t) for t in texts])
         advantages = group_advantages(rewards)
+        stamps = [stamp(c) if stamp else (c.snapshot_identity, policy_version) for c in completions]
         beat(f"group {index + 1}/{len(examples)} sampled")
         return [
             Rollout(
@@ -121,10 +156,13 @@ async def sample_groups(
                 text=text,
                 reward=reward,
                 advantage=adv,
-                policy_version=policy_version,
-                snapshot_identity=c.snapshot_identity,
+                policy_version=version,
+                snapshot_identity=identity,
+                group=index,
             )
-            for c, text, reward, adv in zip(completions, texts, rewards, advantages, strict=True)
+            for c, text, reward, adv, (identity, version) in zip(
+                completions, texts, rewards, advantages, stamps, strict=True
+            )
         ]
 
     async with asyncio.TaskGroup() as tg:
@@ -146,6 +184,7 @@ async def collect(
     temperature: float,
     policy_version: int,
     beat: Callable[[str], None],
+    stamp: Stamp | None = None,
 ) -> RolloutBatch:
     started = time.monotonic()
     examples = task.train_batch(step, prompts_per_step, seed)
@@ -159,15 +198,11 @@ async def collect(
         temperature=temperature,
         policy_version=policy_version,
         beat=beat,
+        stamp=stamp,
     )
     rollouts = [r for g in groups for r in g]
-    return RolloutBatch(
-        step=step,
-        rollouts=rollouts,
-        policy_version=policy_version,
-        snapshot_identities=list(dict.fromkeys(r.snapshot_identity for r in rollouts)),
-        seconds=time.monotonic() - started,
-    )
+    batch = RolloutBatch(step=step, rollouts=[], policy_version=policy_version)
+    return replace(_with_rollouts(batch, rollouts), seconds=time.monotonic() - started)
 
 
 def build_datums(rollouts: Sequence[Rollout]) -> list[Any]:

@@ -30,11 +30,13 @@ from engine.recipes.tasks import Task
 from engine.run.offload import UserCode
 from engine.run.replay import Replay
 from engine.run.rundir import RunDir
+from engine.run.versions import PolicyVersions
 from engine.sampling.sampler import DeploymentSampler
 from engine.weights.syncer import WeightSyncer
 
 if TYPE_CHECKING:
     from engine.recipes.rl import RolloutBatch
+    from engine.run.rollouts import AsyncRollouts
 
 log = get_logger("engine.run")
 
@@ -63,7 +65,9 @@ class RunContext(LifecycleContext):
     # the served identity as verified (None: the deployment's base weights)
     served_identity: str | None = None
     snapshot: SamplerSnapshot | None = None  # the snapshot CHECKPOINTING wrote for SYNCING
-    rollouts: RolloutBatch | None = None
+    rollouts: RolloutBatch | None = None  # synchronous RL: SAMPLING's batch for TRAINING
+    versions: PolicyVersions = field(default_factory=PolicyVersions)  # snapshot identity -> step
+    async_rollouts: AsyncRollouts | None = None  # asynchronous RL: the rollout machine and its buffer
 
     @property
     def trainer(self) -> TrainerBackend:
@@ -89,6 +93,10 @@ class RunContext(LifecycleContext):
     def live_sampler(self) -> DeploymentSampler:
         assert self.sampler is not None, "no sampler (WAITING must run first)"
         return self.sampler
+
+    def live_async_rollouts(self) -> AsyncRollouts:
+        assert self.async_rollouts is not None, "no rollout machine (rl.async_rollouts is off)"
+        return self.async_rollouts
 
     def live_hot_loader(self) -> HotLoader:
         assert self.hot_loader is not None, "no hot loader (WAITING must run first)"

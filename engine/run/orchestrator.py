@@ -9,7 +9,9 @@ The orchestration, in order: pick and pin the run directory, replay its journal,
 the loop), open the two backends (engine.run.planes), then hand the states to the lifecycle Runner,
 which asks the Schedule for every transition. Derived files follow each committed exit, and its
 metrics rows go to the metric sinks (engine.run.sinks); report.html (engine.report) is written when
-the run ends.
+the run ends. With ``rl.async_rollouts`` the learner runs without SAMPLING and the rollout machine
+(engine.run.rollouts) starts beside it once WAITING committed; every learner exit wakes it, and it is
+stopped with the run.
 
 Cancellation stops cleanly: the current state's in-flight requests are cancelled, the journal
 records where the run was cancelled, clients are closed, and the trainer job and deployment are
@@ -41,6 +43,7 @@ from engine.run.context import RunContext
 from engine.run.offload import UserCode
 from engine.run.planes import ControlPlaneConnection, open_planes
 from engine.run.records import LEDGER_KINDS, EvalCommitted, StepCommitted
+from engine.run.rollouts import AsyncRollouts
 from engine.run.rundir import LEDGER, METRICS, RunDir, default_run_dir
 from engine.run.sinks import MetricSink, open_fanout
 from engine.sampling.controllers import ConcurrencyController
@@ -196,16 +199,27 @@ async def _execute(
             if live is not None:
                 live.ctx = ctx
 
+            default, limits = _limits(config)
+            fault = FaultPlan.from_env()
+            overlap = config.rl.async_rollouts if config.recipe == "rl" else None
+            if overlap is not None:
+                ctx.async_rollouts = AsyncRollouts(
+                    ctx, overlap.max_staleness, journal, events=bus, limits=default, fault=fault
+                )
+            # The state modules import tinker and torch (seconds, the first time): not on the loop.
+            handlers, sample_rollouts = await asyncio.to_thread(_handlers)
+
             async def after_exit(state: State, facts: list[Fact]) -> None:
+                if ctx.async_rollouts is not None:
+                    if state is State.WAITING:
+                        ctx.async_rollouts.start(sample_rollouts)
+                    ctx.async_rollouts.learner_moved()
                 rows = [dict(f.row) for f in facts if isinstance(f, StepCommitted | EvalCommitted)]
                 ledger = [f.to_json() for f in facts if f.kind in LEDGER_KINDS]
                 await asyncio.to_thread(rd.append, METRICS, rows)
                 await asyncio.to_thread(rd.append, LEDGER, ledger)
                 fanout.put(rows)  # never blocks: a full queue drops the row for that sink
 
-            default, limits = _limits(config)
-            # The state modules import tinker and torch (seconds, the first time): not on the loop.
-            handlers = await asyncio.to_thread(_handlers)
             runner: Runner[RunContext] = Runner(
                 handlers,
                 journal,
@@ -215,10 +229,12 @@ async def _execute(
                 default_limits=default,
                 run_id=run_id,
                 after_exit=after_exit,
-                fault=FaultPlan.from_env(),
+                fault=fault,
             )
             try:
                 await runner.run(ctx, INITIAL)
+                if ctx.async_rollouts is not None:
+                    await ctx.async_rollouts.finish(default.stall_s)
                 status = "done"
             except asyncio.CancelledError:
                 status = "cancelled"
@@ -227,6 +243,8 @@ async def _execute(
                 error = str(exc)
                 raise
             finally:
+                if ctx.async_rollouts is not None:
+                    await asyncio.shield(ctx.async_rollouts.stop())
                 served = ctx.served_identity
                 await asyncio.shield(ctx.aclose(delete_resources=not config.keep_resources))
     except Exception as exc:
@@ -268,14 +286,15 @@ def schedule_of(config: RunConfig) -> Schedule:
         sync_every=config.intervals.sync_every,
         eval_every=config.intervals.eval_every,
         checkpoint_every=config.intervals.checkpoint_every,
-        needs_rollouts=config.recipe == "rl",
+        # async RL: the rollout machine samples, the learner never enters SAMPLING
+        needs_rollouts=config.recipe == "rl" and config.rl.async_rollouts is None,
     )
 
 
-def _handlers() -> dict[State, Any]:
-    from states import handlers
+def _handlers() -> tuple[dict[State, Any], Any]:
+    from states import handlers, rollout
 
-    return handlers()
+    return handlers(), rollout.sample
 
 
 class RunHandle:

@@ -164,11 +164,46 @@ class Synced:
         return cls(int(data["step"]), data.get("identity"), kind, float(data.get("seconds", 0.0)))
 
 
-RunFact = ResourcesAcquired | Connected | StepCommitted | EvalCommitted | StateSaved | SnapshotSaved | Synced
-_KINDS: dict[str, Any] = {
-    cls.kind: cls
-    for cls in (ResourcesAcquired, Connected, StepCommitted, EvalCommitted, StateSaved, SnapshotSaved, Synced)
-}
+@dataclass(frozen=True)
+class RolloutsSampled:
+    """The rollout machine's SAMPLING (async RL): a batch for ``step`` went into the buffer.
+
+    Journaled in the rollout machine's exit record, which commits nothing (the batch is volatile): it
+    is there so a report can draw the overlap and a reader can see which policies sampled what.
+    """
+
+    kind: ClassVar[str] = "rollouts"
+    step: int
+    policy_versions: tuple[int, ...]  # every version that generated a rollout of the batch
+    identities: tuple[str | None, ...]
+    samples: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "step": self.step, "policy_versions": list(self.policy_versions),
+                "identities": list(self.identities), "samples": self.samples,
+                "seconds": self.seconds}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RolloutsSampled:
+        return cls(
+            int(data["step"]),
+            tuple(int(v) for v in data["policy_versions"]),
+            tuple(data["identities"]),
+            int(data["samples"]),
+            float(data.get("seconds", 0.0)),
+        )
+
+
+RunFact = (
+    ResourcesAcquired | Connected | StepCommitted | EvalCommitted | StateSaved | SnapshotSaved | Synced
+    | RolloutsSampled
+)  # fmt: skip
+_FACT_TYPES = (
+    ResourcesAcquired, Connected, StepCommitted, EvalCommitted, StateSaved, SnapshotSaved, Synced,
+    RolloutsSampled,
+)  # fmt: skip
+_KINDS: dict[str, Any] = {cls.kind: cls for cls in _FACT_TYPES}
 METRICS_KINDS = frozenset({StepCommitted.kind, EvalCommitted.kind})
 LEDGER_KINDS = frozenset({StateSaved.kind, SnapshotSaved.kind, Synced.kind})
 

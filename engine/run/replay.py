@@ -19,7 +19,9 @@ The commit protocol (why a killed run resumes with nothing lost and nothing repe
    step ``s`` (or the base weights at step 0), the run continues; otherwise it owes a sync
    (``force_sync``) before sampling or evaluating.
 5. Volatile work (a rollout batch, an uncommitted step) is simply redone; data for step k is a
-   deterministic function of (seed, k), so a redone step trains on the same prompts.
+   deterministic function of (seed, k), so a redone step trains on the same prompts. The rollout
+   machine of asynchronous RL journals ``{"event": "rollout"}`` records, which commit nothing and
+   are ignored here: its buffered and in-flight batches are sampled again.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ timings; ``SamplingRetryPolicy`` is the sampler's retry budget as a value.
 """
 
 from engine.retry import parse_retry_after
+from engine.sampling.completion import SampledCompletion
 from engine.sampling.controllers import (
     AdaptiveConcurrencyController,
     AdmissionGate,
@@ -23,7 +24,7 @@ from engine.sampling.errors import (
 )
 from engine.sampling.metrics import ServerMetrics
 from engine.sampling.retry import SamplingRetryPolicy
-from engine.sampling.sampler import DeploymentSampler, SampledCompletion
+from engine.sampling.sampler import DeploymentSampler
 from engine.sampling.stream import StreamResult, stream_completion
 
 __all__ = [

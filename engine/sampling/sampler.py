@@ -8,24 +8,30 @@ deployment's *dialect* (engine.sampling.dialect): Fireworks' by default (the see
 the embedded deployment), vLLM's from its backend. Either way the defaults ask for the full
 distribution (top_p 1, no top-k) so RL rollouts are on-policy, and for token ids, logprobs and the
 server's queue-time signal.
+
+``draining()`` (engine.sampling.drain) is the gate around a hot-load on a deployment that does not
+name the weights of each completion: admission closes, the attempts in flight finish, the block
+runs, a new epoch opens. Each completion carries the epoch its (last) attempt ran in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from engine.errors import ConfigError, StuckError
 from engine.log import get_logger
+from engine.sampling.completion import SampledCompletion
 from engine.sampling.controllers import AdaptiveConcurrencyController, ConcurrencyController
 from engine.sampling.dialect import RESERVED_FIELDS, CompletionDialect
+from engine.sampling.drain import DrainGate
 from engine.sampling.errors import (
     AttemptError,
     SamplingExhaustedError,
@@ -43,31 +49,6 @@ def _log() -> Any:
 
 
 _METRICS_KEPT = 65536
-
-
-@dataclass(frozen=True, slots=True)
-class SampledCompletion:
-    """One sampled completion with everything an RL step needs."""
-
-    text: str
-    full_tokens: list[int]
-    """Prompt ids (the server's, if it expanded them) followed by the completion ids."""
-    prompt_len: int
-    completion_tokens: list[int]
-    finish_reason: str
-    sampling_logprobs: list[float | None]
-    """Behavior-policy logprobs (after temperature/top-p/top-k), one per completion token."""
-    inference_logprobs: list[float | None]
-    """Raw model logprobs, one per completion token."""
-    server_metrics: ServerMetrics
-    snapshot_identity: str | None
-    """The weights snapshot that generated this completion (None: the deployment's base weights)."""
-    request_id: str
-    attempts: int
-
-    @property
-    def completion_len(self) -> int:
-        return len(self.completion_tokens)
 
 
 class DeploymentSampler:
@@ -119,6 +100,7 @@ class DeploymentSampler:
         self._connection_limit = connection_limit
         self._metrics: deque[ServerMetrics] = deque(maxlen=_METRICS_KEPT)
         self._warned_logprob_fallback = False
+        self._drain = DrainGate()
 
     def __repr__(self) -> str:  # no api key
         return f"DeploymentSampler(url={self.url!r}, model={self.model!r})"
@@ -130,6 +112,20 @@ class DeploymentSampler:
     @concurrency_controller.setter
     def concurrency_controller(self, controller: ConcurrencyController) -> None:
         self._controller = controller
+
+    @property
+    def epoch(self) -> int:
+        """The current drain epoch (0 until the first ``draining`` block ends)."""
+        return self._drain.epoch
+
+    @property
+    def attempts_in_flight(self) -> int:
+        return self._drain.in_flight
+
+    def draining(self, timeout_s: float) -> contextlib.AbstractAsyncContextManager[int]:
+        """``async with sampler.draining(t):`` stop admitting attempts, wait (at most ``t`` s) until
+        those in flight finished, run the block, reopen in a new epoch (engine.sampling.drain)."""
+        return self._drain.draining(timeout_s)
 
     async def __aenter__(self) -> DeploymentSampler:
         return self
@@ -205,9 +201,20 @@ class DeploymentSampler:
         self, payload: Mapping[str, Any], *, request_id: str, attempt: int = 1
     ) -> StreamResult:
         """One attempt, admitted by the controller; raises like ``stream_completion``."""
+        result, _ = await self._attempt(payload, request_id, attempt)
+        return result
+
+    async def _attempt(
+        self, payload: Mapping[str, Any], request_id: str, attempt: int
+    ) -> tuple[StreamResult, int]:
+        """One attempt and the drain epoch it ran in. The controller admits first, then the drain
+        gate: a drain waits only for attempts that are really running, not for a queue."""
         await self._admit()
         metrics: ServerMetrics | None = None
+        entered = False
         try:
+            epoch = await self._drain.enter(self._admission_timeout_s)
+            entered = True
             result = await stream_completion(
                 self.session(),
                 self.url,
@@ -219,11 +226,13 @@ class DeploymentSampler:
                 accumulator=self.dialect.accumulator(),
             )
             metrics = result.metrics
-            return result
+            return result, epoch
         except AttemptError as exc:
             metrics = exc.metrics
             raise
         finally:
+            if entered:
+                self._drain.leave()
             self._controller.release(metrics)
             if metrics is not None:
                 self._metrics.append(metrics)
@@ -320,8 +329,12 @@ class DeploymentSampler:
                 sleep_s=round(delay, 3),
             )
 
+        epoch = 0
+
         async def attempt(number: int) -> StreamResult:
-            return await self.stream_once(payload, request_id=request_id, attempt=number)
+            nonlocal epoch
+            result, epoch = await self._attempt(payload, request_id, number)
+            return result
 
         try:
             result, attempts = await retry_attempts(
@@ -343,7 +356,7 @@ class DeploymentSampler:
                 last_message=str(exc),
                 model=self.model,
             ) from exc
-        return self._completion(result, prompt, payload, request_id, attempts)
+        return self._completion(result, prompt, payload, request_id, attempts, epoch)
 
     def _completion(
         self,
@@ -352,6 +365,7 @@ class DeploymentSampler:
         payload: Mapping[str, Any],
         request_id: str,
         attempts: int,
+        epoch: int = 0,
     ) -> SampledCompletion:
         prompt_ids = result.prompt_token_ids or prompt
         sampling = result.sampling_logprobs
@@ -380,4 +394,5 @@ class DeploymentSampler:
             snapshot_identity=result.snapshot_identity,
             request_id=request_id,
             attempts=attempts,
+            epoch=epoch,
         )

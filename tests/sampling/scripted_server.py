@@ -3,7 +3,8 @@
 It emits the contract's shapes (SSE chunks with choices[].text and logprobs.content[] entries, a final
 chunk with finish_reason, raw_output, usage, perf_metrics and snapshot_identity, then [DONE]) and
 deterministic tokens derived from the prompt, so a retried request must give the same result. Each
-incoming request consumes the next fault from ``faults`` ("ok" once the script is empty).
+incoming request consumes the next fault from ``faults`` ("ok" once the script is empty); "hold"
+stops mid-stream until ``release`` is set.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class ScriptedServer:
     snapshot: str | None = "snap-000001"
     prefill_queue_s: float = 0.0125
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # ends the "hold" fault's wait
 
     def script(self, *faults: str) -> None:
         self.faults.extend(faults)
@@ -107,6 +109,8 @@ class ScriptedServer:
                 await send("{}", event="ping")
                 if name == "stall_mid":
                     await asyncio.sleep(float(arg or 30))
+                if name == "hold":  # mid-stream until the test releases it
+                    await self.release.wait()
         final = {
             "id": "cmpl-1",
             "choices": [

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from engine.backends.base import (
     DeploymentRef,
     DeploymentSpec,
+    HotloadPolicy,
     RestorePoint,
     SnapshotStore,
     TrainerRef,
@@ -152,13 +153,20 @@ class ControlPlaneTrainer:
 
 class ControlPlaneDeployment:
     kind = KIND
-    # hotloop's deployments name the snapshot of every completion; Fireworks' do not (the states
-    # then verify the identity around sampling).
-    per_completion_identity = True
+    # hotloop's deployments name the snapshot of every completion and finish in-flight completions on
+    # the weights they started with (a swap waits for the batch to drain), so async RL keeps sampling
+    # through a hot-load. Fireworks' deployments name no identity per completion: a composition root
+    # pointing this adapter at Fireworks passes per_completion_identity=False, which makes it drain.
+    per_completion_identity: bool = True
+    hotload_policy: HotloadPolicy = "keep"
 
-    def __init__(self, deployments: DeploymentManager, api_key: str) -> None:
+    def __init__(
+        self, deployments: DeploymentManager, api_key: str, *, per_completion_identity: bool = True
+    ) -> None:
         self.deployments = deployments
         self._api_key = api_key
+        self.per_completion_identity = per_completion_identity
+        self.hotload_policy = "keep" if per_completion_identity else "drain"
 
     async def provision(
         self, spec: DeploymentSpec, trainer: TrainerRef, known: DeploymentRef | None

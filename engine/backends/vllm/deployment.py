@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.backends.base import DeploymentRef, DeploymentSpec, SnapshotStore, TrainerRef
+from engine.backends.base import DeploymentRef, DeploymentSpec, HotloadPolicy, SnapshotStore, TrainerRef
 from engine.backends.vllm.admin import PauseMode, VllmAdminClient
 from engine.backends.vllm.dialect import VllmDialect
 from engine.backends.vllm.errors import VllmAdminError, VllmUnavailableError
@@ -87,6 +87,9 @@ class VllmDeployment:
         self.start_timeout_s = start_timeout_s
         self.warmup = warmup
         self.per_completion_identity = False
+        # Under overlap (asynchronous RL), a hot-load must drain the sampler's in-flight attempts
+        # unless every completion names the weights that generated it (0.33's weight versions).
+        self.hotload_policy: HotloadPolicy = "drain"
         """True once ``wait_ready`` found a server that reports weight versions per completion."""
         self.vllm_version: str | None = None
         self._server: VllmServer | None = None
@@ -156,6 +159,7 @@ class VllmDeployment:
             ) from exc
         self.vllm_version = await admin.version()
         self.per_completion_identity = parse_version(self.vllm_version) >= WEIGHT_VERSIONS_SINCE
+        self.hotload_policy = "keep" if self.per_completion_identity else "drain"
         if self.warmup:
             await self._warm(admin, model)
         _log.info("vllm ready", url=admin.base_url, model=model, version=self.vllm_version)
