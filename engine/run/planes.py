@@ -143,7 +143,7 @@ async def open_planes(
             trainer_gateway_url=conn.trainer_gateway_url,
             account_id=conn.account_id,
         )
-        trainer = ControlPlaneTrainer(jobs, conn.api_key, _tokenizer_loader())
+        trainer = ControlPlaneTrainer(jobs, conn.api_key, _tokenizer_loader(), dialect=config.trainer.dialect)
     else:
         from engine.backends.tinker.trainer import TinkerTrainer
 

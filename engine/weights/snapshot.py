@@ -21,8 +21,12 @@ Payload files:
     still bit-exact for every element.
 
 The manifest records identity, kind, parent identity, per-tensor dtype and shape, payload size and
-sha256, and the sha256 of the full weights the snapshot stands for. Writers stage into a temporary
-directory and rename it into place, so a reader never sees a half-written snapshot.
+sha256, and the sha256 of the full weights the snapshot stands for; it names its format
+(``hotloop-snapshot/1``) and, in the terms of a hot-load's ``incremental_snapshot_metadata``, its
+``compression_format`` (``zstd`` for a delta) and ``checksum_format`` (``sha256``), which is what
+the trainer reports for a save and the hot-loader announces (never Fireworks' ``arc_v2``). Writers
+stage into a temporary directory and rename it into place, so a reader never sees a half-written
+snapshot.
 """
 
 from __future__ import annotations
@@ -43,11 +47,13 @@ import torch
 import zstandard
 from safetensors.torch import load_file, save_file
 
+from engine.backends.base import HOTLOOP_DELTA_FORMAT
 from engine.weights.names import SnapshotError, check_identity, contained, identity_parts
 from engine.weights.names import check_name as check_name  # re-exported
 from engine.weights.names import run_identity as run_identity  # re-exported
 
 FORMAT = "hotloop-snapshot/1"
+DELTA_COMPRESSION, CHECKSUM_FORMAT = HOTLOOP_DELTA_FORMAT  # "zstd", "sha256"
 MANIFEST = "manifest.json"
 BASE_FILE = "weights.safetensors"
 DELTA_FILE = "delta.zst"
@@ -77,9 +83,18 @@ class Manifest:
     created_at: float = field(default_factory=time.time)
     encode_seconds: float = 0.0
 
+    @property
+    def compression_format(self) -> str:
+        """What the payload's compression is, by the name a hot-load's metadata uses."""
+        return DELTA_COMPRESSION if self.kind == "delta" else "none"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
+            # Named in the terms of Fireworks' incremental_snapshot_metadata, so a reader (or a
+            # person) never has to guess whose delta format this is: hotloop's, not ARC v2.
+            "compression_format": self.compression_format,
+            "checksum_format": CHECKSUM_FORMAT,
             "identity": self.identity,
             "kind": self.kind,
             "parent": self.parent,
@@ -98,6 +113,12 @@ class Manifest:
     def from_json(cls, data: Mapping[str, Any]) -> Manifest:
         if data.get("format") != FORMAT:
             raise SnapshotError(f"unsupported snapshot format {data.get('format')!r}, expected {FORMAT}")
+        expected = DELTA_COMPRESSION if data.get("kind") == "delta" else "none"
+        for key, want in (("compression_format", expected), ("checksum_format", CHECKSUM_FORMAT)):
+            if data.get(key, want) != want:  # absent: written before the manifest named it
+                raise SnapshotError(
+                    f"snapshot manifest names {key} {data.get(key)!r}; this reader decodes {want!r}"
+                )
         try:
             return cls(
                 identity=data["identity"],

@@ -24,7 +24,7 @@ import aiohttp
 import tinker
 from tinker import types
 
-from engine.backends.base import CheckpointType, SamplerSnapshot
+from engine.backends.base import HOTLOOP_DELTA_FORMAT, CheckpointType, SamplerSnapshot
 from engine.backends.tinker.edge import await_future, map_error, save_weights_for_sampler_ext
 from engine.errors import ConfigError, FatalError, RetryableError
 from engine.log import get_logger
@@ -362,6 +362,10 @@ class TrainingSession:
                 size_bytes=r.size_bytes,
                 parent_snapshot_identity=r.parent_snapshot_identity,
                 encode_seconds=r.encode_seconds,
+                # The trainer names what it wrote; a tinker-protocol trainer is hotloop's own.
+                delta_format=(r.compression_format, r.checksum_format)
+                if kind == "delta" and r.compression_format and r.checksum_format
+                else HOTLOOP_DELTA_FORMAT,
             )
             self._log.info("sampler snapshot saved", identity=snap.snapshot_name, kind=kind)
             return snap

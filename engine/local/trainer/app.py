@@ -1,4 +1,5 @@
-"""aiohttp routes of the Tinker wire protocol (paths under /api/v1), plus hotloop's extensions.
+"""aiohttp routes of the Tinker wire protocol (paths under /api/v1), plus hotloop's extensions and
+Fireworks' JSON dialect and routes (engine.local.trainer.fireworks_routes).
 
 Errors: a bad request is a 4xx with ``{"detail": message}`` (the client raises it at once), found
 while executing it is a future result ``{"error", "category"}``. Retried POSTs carrying the same
@@ -25,7 +26,7 @@ from engine.local.http_server import (
     read_json,
 )
 from engine.local.inputs import BadInput
-from engine.local.trainer import external, runs
+from engine.local.trainer import external, fireworks_routes, runs
 from engine.local.trainer.client_errors import client_errors
 from engine.local.trainer.config import TrainerBadRequest
 from engine.local.trainer.limits import MAX_JSON_BYTES
@@ -123,7 +124,11 @@ def build_app(service: TrainerService) -> web.Application:
 
         return handler
 
-    async def forward_backward(request: web.Request) -> web.Response:
+    json_forward_backward = fireworks_routes.add_routes(app, svc, idem)
+
+    async def forward_backward(request: web.Request) -> web.StreamResponse:
+        if fireworks_routes.is_json(request):  # Fireworks' client: the same call in JSON
+            return await json_forward_backward(request)
         if (seen := idem.get(request)) is not None:
             return web.json_response(seen)
         body = await read_body(request)  # zstd/gzip decoded off the loop, bounded by max_body_bytes

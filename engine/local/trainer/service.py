@@ -19,7 +19,9 @@ from typing import Any
 
 from engine.local.trainer import checkpoints, external, limits, params, provenance
 from engine.local.trainer.config import Gone, NotFound, TrainerBadRequest, TrainerConfig
+from engine.local.trainer.fireworks_routes import resolve_state
 from engine.local.trainer.futures import FutureStore, Outcome
+from engine.local.trainer.json_dialect import encode_json_forward
 from engine.local.trainer.logs import LazyLogger
 from engine.local.trainer.losses import NEEDS_STABILITY_RECORDS, get_loss
 from engine.local.trainer.metadata import parse_user_metadata, read_run_record, write_run_record
@@ -96,7 +98,15 @@ class TrainerService:
     # --- identity ---------------------------------------------------------------------------------
 
     def model_names(self) -> set[str]:
-        return {self.config.model, str(self.base_path), self.base_path.name, *self.config.aliases}
+        # Fireworks users' scripts name base models by resource name (accounts/fireworks/models/<m>).
+        fireworks_name = f"accounts/fireworks/models/{self.config.model}"
+        return {
+            self.config.model,
+            str(self.base_path),
+            self.base_path.name,
+            fireworks_name,
+            *self.config.aliases,
+        }
 
     def check_base_model(self, name: Any, field_name: str = "base_model") -> str:
         if name not in self.model_names():
@@ -259,8 +269,8 @@ class TrainerService:
         return {"request_id": rid, "model_id": entry.model_id}
 
     def forward_backward(self, body: bytes | FwdBwdRequest) -> dict[str, Any]:
-        """``body``: protobuf bytes, or already decoded (the app decodes off the loop: a large batch
-        takes a noticeable fraction of a second to parse)."""
+        """``body``: protobuf bytes, or already decoded from either dialect (the app decodes off the
+        loop: a large batch takes a noticeable fraction of a second to parse)."""
         req = body if isinstance(body, FwdBwdRequest) else decode_forward_backward(body)
         entry = self.entry(req.model_id)
         get_loss(req.loss_fn)
@@ -277,6 +287,8 @@ class TrainerService:
             outputs, metrics = state.forward_backward(
                 req.data, req.loss_fn, req.loss_fn_config, req.forward_only
             )
+            if req.dialect == "json":  # answered in the dialect it was asked in
+                return Outcome(json=encode_json_forward(outputs, metrics))
             return Outcome(proto=encode_forward_backward(outputs, metrics))
 
         rid = self.store.create(kind)
@@ -305,6 +317,10 @@ class TrainerService:
         return self._ordered(body, "save_weights", run)
 
     def _state_dir_for(self, path: Any) -> tuple[checkpoints.TinkerPath, Path]:
+        if isinstance(path, str) and not path.startswith("tinker://"):
+            # Fireworks' client names checkpoints (it refuses URIs): the latest one of that name here.
+            printable, target = resolve_state(self.state_dir, path)
+            return checkpoints.parse_tinker_path(printable), target
         tp = checkpoints.parse_tinker_path(path)
         if tp.kind != "weights":
             raise TrainerBadRequest(

@@ -22,7 +22,14 @@ from engine.local.trainer.config import TrainerBadRequest
 from engine.local.trainer.logs import LazyLogger
 from engine.local.trainer.metadata import write_user_metadata
 from engine.local.trainer.models import ModelState
-from engine.weights.snapshot import SnapshotError, materialize, run_identity, write_base, write_delta
+from engine.weights.snapshot import (
+    CHECKSUM_FORMAT,
+    SnapshotError,
+    materialize,
+    run_identity,
+    write_base,
+    write_delta,
+)
 
 log = LazyLogger("trainer.snapshots")
 
@@ -74,4 +81,7 @@ def save_for_sampler(
         "parent_snapshot_identity": parent_id,
         "size_bytes": manifest.payload_size,
         "encode_seconds": manifest.encode_seconds,
+        # What was written, as the manifest names it: a client announces these in the hot-load.
+        "compression_format": manifest.compression_format,
+        "checksum_format": CHECKSUM_FORMAT,
     }
