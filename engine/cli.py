@@ -27,6 +27,7 @@ SUBCOMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("serve", "deployment"), "engine.local.deployment.cli", "start the embedded deployment server"),
     (("loadtest",), "engine.loadtest.cli", "load-test a completions deployment"),
     (("models", "build"), "engine.local.models.cli", "build (or locate) an embedded model directory"),
+    (("cookbook",), "engine.local.cookbook", "run a tinker-cookbook module against a hotloop trainer"),
 ]
 
 

@@ -179,11 +179,19 @@ class TrainerPlaneConfig(_ServerAddress):
     ``control_plane``: a trainer job on the Fireworks-shaped control plane named by ``backend`` (the
     embedded stack by default, or Fireworks / a remote ``hotloop up``). ``tinker``: a Tinker service at
     ``base_url`` (or the URL in ``url_env``) with the key in ``api_key_env``; there are no jobs to
-    create.
+    create. ``dialect`` picks the wire a ``control_plane`` trainer is spoken to in.
     """
 
     kind: Literal["control_plane", "tinker"] = "control_plane"
     api_key_env: str | None = "TINKER_API_KEY"
+    dialect: Literal["auto", "tinker", "fireworks"] = Field(
+        default="auto",
+        description=(
+            "control_plane: the trainer's wire. tinker: tinker's protobuf (hotloop's trainer serves it, "
+            "faster); fireworks: Fireworks' JSON dialect (what Fireworks' trainers accept); auto: tinker "
+            "on hotloop's control plane, fireworks anywhere else"
+        ),
+    )
 
     @model_validator(mode="after")
     def _tinker_needs_url(self) -> TrainerPlaneConfig:

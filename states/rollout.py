@@ -15,7 +15,6 @@ a batch the filter empties is given back and sampled again, a bounded number of 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any
 
 from engine.errors import FatalError
@@ -23,39 +22,19 @@ from engine.lifecycle.rollout_runner import RolloutVisit
 from engine.recipes import rl
 from engine.run.context import RunContext
 from engine.run.records import RolloutsSampled
-from states._util import first_error
+from states import sampling
 
 MAX_RESAMPLES = 2
 
 
 async def sample(ctx: RunContext, visit: RolloutVisit) -> rl.RolloutBatch:
-    cfg, step = ctx.config, visit.target
-    sampler, versions = ctx.live_sampler(), ctx.versions
+    step, versions = visit.target, ctx.versions
     per_completion = ctx.deployment.per_completion_identity
 
     def stamp(completion: Any) -> tuple[str | None, int]:
         return versions.resolve(completion.snapshot_identity, completion.epoch, per_completion=per_completion)
 
-    try:
-        batch = await rl.collect(
-            sampler,
-            ctx.tokenizer,
-            ctx.task,
-            ctx.user_code,
-            step=step,
-            seed=cfg.seed,
-            prompts_per_step=cfg.rl.prompts_per_step,
-            group_size=cfg.rl.group_size,
-            max_tokens=cfg.rl.max_tokens,
-            temperature=cfg.rl.temperature,
-            policy_version=ctx.counters.synced_step,
-            beat=visit.beat,
-            stamp=stamp,
-        )
-    except BaseExceptionGroup as group:
-        raise first_error(group) from group
-    window = sampler.concurrency_controller.step_completed().get("window")
-    batch = replace(batch, window=None if window is None else int(window))
+    batch = await sampling.collect(ctx, step, visit.beat, stamp)
     visit.record(
         RolloutsSampled(
             step,

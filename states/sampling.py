@@ -10,17 +10,24 @@ stops the run) and computed off the event loop. The batch is volatile: a crash r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from engine.recipes import rl
 from engine.run.context import RunContext
 from states._util import first_error, verify_identities
 
 
-async def run(ctx: RunContext) -> None:
-    cfg, c = ctx.config, ctx.counters
-    step = c.step + 1
-    sampler = ctx.live_sampler()
+async def collect(
+    ctx: RunContext,
+    step: int,
+    beat: Callable[[str], None],
+    stamp: Callable[[Any], tuple[str | None, int]] | None = None,
+) -> rl.RolloutBatch:
+    """The group rollouts of ``step`` through the deployment, with the run's RL settings, and the
+    sampler's concurrency window after them (shared with the rollout machine's SAMPLING)."""
+    cfg, sampler = ctx.config, ctx.live_sampler()
     try:
         batch = await rl.collect(
             sampler,
@@ -33,16 +40,24 @@ async def run(ctx: RunContext) -> None:
             group_size=cfg.rl.group_size,
             max_tokens=cfg.rl.max_tokens,
             temperature=cfg.rl.temperature,
-            policy_version=c.synced_step,
-            beat=ctx.beat,
+            policy_version=ctx.counters.synced_step,
+            beat=beat,
+            stamp=stamp,
         )
     except BaseExceptionGroup as group:
         raise first_error(group) from group
+    window = sampler.concurrency_controller.step_completed().get("window")
+    return replace(batch, window=None if window is None else int(window))
+
+
+async def run(ctx: RunContext) -> None:
+    c = ctx.counters
+    step = c.step + 1
+    batch = await collect(ctx, step, ctx.beat)
     reported = [r.snapshot_identity for r in batch.rollouts]
     await verify_identities(ctx, reported, what=f"rollouts for step {step}")
     if any(i is None for i in reported) and ctx.served_identity is not None:
         rollouts = [replace(r, snapshot_identity=ctx.served_identity) for r in batch.rollouts]
         batch = replace(batch, rollouts=rollouts, snapshot_identities=[ctx.served_identity])
-    window = sampler.concurrency_controller.step_completed().get("window")
-    ctx.rollouts = replace(batch, window=None if window is None else int(window))
+    ctx.rollouts = batch
     ctx.counters = c.sampled()

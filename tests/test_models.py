@@ -51,3 +51,19 @@ def test_tokenizer_round_trips_and_has_a_chat_template(tiny_model_dir: Path) -> 
 def test_unknown_model_names_the_choices() -> None:
     with pytest.raises(ValueError, match="tiny"):
         resolve_model("no-such-model")
+
+
+def test_the_context_length_does_not_change_the_weights(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why `small` could get a 4096-token context without new weights: RoPE has no learned positions,
+    so the same spec with another max_position_embeddings builds bit-identical weights."""
+    import dataclasses
+
+    monkeypatch.setenv("HOTLOOP_CACHE", str(tmp_path))
+    longer = dataclasses.replace(SPECS["tiny"], max_position_embeddings=8192)
+    monkeypatch.setitem(SPECS, "tiny", longer)
+    rebuilt = build_model_dir("tiny")
+    assert load_model(str(rebuilt)).config.max_position_embeddings == 8192
+    assert fingerprint(load_model(str(rebuilt))) == fingerprint(load_model(str(tiny_model_dir)))
+    assert SPECS["small"].max_position_embeddings == 4096  # room for guess_number's ~1.8k tokens

@@ -71,10 +71,26 @@ def test_malformed_manifest_is_a_snapshot_error(tmp_path: Path, junk: bytes) -> 
         snap.load_snapshot(tmp_path, "p")
 
 
-@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "x" * 200, "a..b"])
+@pytest.mark.parametrize(
+    "name", ["../evil", "", ".hidden", "x" * 200, "a..b", "a/b/c", "a/../b", "/abs", "run/", "../x/y"]
+)
 def test_unsafe_names_are_rejected(tmp_path: Path, name: str) -> None:
-    with pytest.raises(snap.SnapshotError, match="invalid snapshot name"):
+    with pytest.raises(snap.SnapshotError, match="invalid snapshot"):
         snap.write_base(tmp_path, name, _state(0), "tiny")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_per_run_identity_lives_in_the_run_folder(tmp_path: Path) -> None:
+    """``<run>/<name>``: two runs may reuse a name; a delta may name a parent in another run."""
+    first, second = snap.run_identity("s1:train:0", "000002"), snap.run_identity("s2:train:0", "000002")
+    assert first == "s1:train:0/000002"
+    snap.write_base(tmp_path, first, _state(0), "tiny")
+    snap.write_delta(tmp_path, second, _state(1), first, _state(0), "tiny")
+    assert (tmp_path / "s1:train:0" / "000002" / snap.MANIFEST).exists()
+    assert snap.read_manifest(tmp_path, second).parent == first
+    _, got = snap.materialize(tmp_path, second)
+    assert torch.equal(got["a.weight"], _state(1)["a.weight"])
+    assert [p.name for p in (tmp_path / "s2:train:0").iterdir()] == ["000002"]  # no staging left
 
 
 def test_existing_snapshot_is_never_overwritten(tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ from types import TracebackType
 
 import engine
 from engine.errors import StuckError
-from engine.local.launch import describe_exit
 from engine.log import get_logger
+from engine.processes import describe_exit
 
 log = get_logger("local.stack")
 # The child imports `engine` from this same tree, wherever the caller runs.

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.backends.base import DeploymentBackend, Planes, SupervisedControlPlane, TrainerBackend
 from engine.config import RunConfig
@@ -79,7 +81,7 @@ def _model_dir(model: str) -> Path:
         raise ConfigError(f"model: {exc}") from None
 
 
-def _tokenizer_loader() -> object:
+def _tokenizer_loader() -> Callable[[str], Any]:
     # Embedded model names and local HF directories load offline; anything else falls back to
     # tinker's (Hugging Face) lookup inside the session.
     from engine.local.models import load_tokenizer
@@ -149,9 +151,19 @@ async def open_planes(
             trainer_gateway_url=conn.trainer_gateway_url,
             account_id=conn.account_id,
         )
-        trainer = ControlPlaneTrainer(jobs, conn.api_key, _tokenizer_loader())  # type: ignore[arg-type]
+        trainer = ControlPlaneTrainer(jobs, conn.api_key, _tokenizer_loader(), dialect=config.trainer.dialect)
     else:
-        raise ConfigError(f"trainer.kind: {config.trainer.kind!r} is not available in this build yet")
+        from engine.backends.tinker.trainer import TinkerTrainer
+
+        key = config.trainer.api_key("trainer")
+        if not key:
+            raise ConfigError("trainer.api_key_env: a Tinker service needs a key")
+        trainer = TinkerTrainer(
+            config.trainer.url("trainer"),
+            key,
+            exports_dir=run_dir / "tinker-exports",
+            tokenizer_loader=_tokenizer_loader(),
+        )
     stack.push_async_callback(trainer.aclose)
     if config.deployment.kind == "control_plane":
         assert conn is not None

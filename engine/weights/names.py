@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+# A training run id (tinker's ``<session>:train:<n>``): the first segment of a per-run identity.
+_RUN_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._\-]{0,200}$")
 
 
 class SnapshotError(ValueError):
@@ -24,6 +26,37 @@ def check_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def check_identity(identity: str) -> str:
+    """A snapshot identity: a bare name, or ``<run_id>/<name>`` for a snapshot a trainer keeps per
+    training run (``tinker://<run_id>/sampler_weights/<name>``), stored in the run's folder."""
+    if not isinstance(identity, str):
+        raise SnapshotError(f"invalid snapshot name {identity!r}: not a string")
+    run, sep, name = identity.rpartition("/")
+    if sep and (not _RUN_SEGMENT.match(run) or ".." in run):
+        raise SnapshotError(
+            f"invalid snapshot name {identity!r}: the run segment before '/' must be 1-201 letters, "
+            "digits, ':', '.', '_' or '-'"
+        )
+    check_name(name)
+    return identity
+
+
+def run_identity(run_id: str, name: str) -> str:
+    """The identity of snapshot ``name`` of training run ``run_id``."""
+    return check_identity(f"{run_id}/{check_name(name)}")
+
+
+def identity_parts(identity: str) -> tuple[str, ...]:
+    """The directory components of an identity below the bucket (one, or run then name)."""
+    return tuple(check_identity(identity).split("/"))
+
+
+def flat_name(identity: str) -> str:
+    """One directory name for an identity (``<run>~<name>``; '~' is in neither segment's alphabet, so
+    the mapping is one to one), for stores that keep every snapshot side by side."""
+    return check_identity(identity).replace("/", "~")
 
 
 def contained(root: Path, *parts: str) -> Path:

@@ -1,7 +1,11 @@
 """The sampler snapshot format shared by the embedded trainer (writer) and deployment (reader).
 
 A bucket is a directory; each snapshot is ``BUCKET/<identity>/`` holding ``manifest.json`` and one
-payload file:
+payload file. An identity is a single string: a bare name (``snap-3``) or, for snapshots a trainer
+writes per training run, ``<run_id>/<name>`` -- the run's folder, then the name -- so two runs (or a
+resumed one) saving the same name never collide, and ``tinker://<run_id>/sampler_weights/<name>``
+maps to identity ``<run_id>/<name>`` one to one. Deployments load by identity either way.
+Payload files:
 
 * ``base``  -> ``weights.safetensors``: the full state dict (LoRA weights already merged).
 * ``delta`` -> ``delta.zst``: the child's bits against the parent snapshot's, byte-plane shuffled
@@ -17,8 +21,12 @@ payload file:
     still bit-exact for every element.
 
 The manifest records identity, kind, parent identity, per-tensor dtype and shape, payload size and
-sha256, and the sha256 of the full weights the snapshot stands for. Writers stage into a temporary
-directory and rename it into place, so a reader never sees a half-written snapshot.
+sha256, and the sha256 of the full weights the snapshot stands for; it names its format
+(``hotloop-snapshot/1``) and, in the terms of a hot-load's ``incremental_snapshot_metadata``, its
+``compression_format`` (``zstd`` for a delta) and ``checksum_format`` (``sha256``), which is what
+the trainer reports for a save and the hot-loader announces (never Fireworks' ``arc_v2``). Writers
+stage into a temporary directory and rename it into place, so a reader never sees a half-written
+snapshot.
 """
 
 from __future__ import annotations
@@ -39,9 +47,13 @@ import torch
 import zstandard
 from safetensors.torch import load_file, save_file
 
-from engine.weights.names import SnapshotError, check_name, contained
+from engine.backends.base import HOTLOOP_DELTA_FORMAT
+from engine.weights.names import SnapshotError, check_identity, contained, identity_parts
+from engine.weights.names import check_name as check_name  # re-exported
+from engine.weights.names import run_identity as run_identity  # re-exported
 
 FORMAT = "hotloop-snapshot/1"
+DELTA_COMPRESSION, CHECKSUM_FORMAT = HOTLOOP_DELTA_FORMAT  # "zstd", "sha256"
 MANIFEST = "manifest.json"
 BASE_FILE = "weights.safetensors"
 DELTA_FILE = "delta.zst"
@@ -71,9 +83,18 @@ class Manifest:
     created_at: float = field(default_factory=time.time)
     encode_seconds: float = 0.0
 
+    @property
+    def compression_format(self) -> str:
+        """What the payload's compression is, by the name a hot-load's metadata uses."""
+        return DELTA_COMPRESSION if self.kind == "delta" else "none"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
+            # Named in the terms of Fireworks' incremental_snapshot_metadata, so a reader (or a
+            # person) never has to guess whose delta format this is: hotloop's, not ARC v2.
+            "compression_format": self.compression_format,
+            "checksum_format": CHECKSUM_FORMAT,
             "identity": self.identity,
             "kind": self.kind,
             "parent": self.parent,
@@ -92,6 +113,12 @@ class Manifest:
     def from_json(cls, data: Mapping[str, Any]) -> Manifest:
         if data.get("format") != FORMAT:
             raise SnapshotError(f"unsupported snapshot format {data.get('format')!r}, expected {FORMAT}")
+        expected = DELTA_COMPRESSION if data.get("kind") == "delta" else "none"
+        for key, want in (("compression_format", expected), ("checksum_format", CHECKSUM_FORMAT)):
+            if data.get(key, want) != want:  # absent: written before the manifest named it
+                raise SnapshotError(
+                    f"snapshot manifest names {key} {data.get(key)!r}; this reader decodes {want!r}"
+                )
         try:
             return cls(
                 identity=data["identity"],
@@ -181,10 +208,13 @@ def _delta_payload(
 
 def _commit(bucket: Path, manifest: Manifest, write_payload: Any) -> Path:
     bucket.mkdir(parents=True, exist_ok=True)
-    target = bucket / manifest.identity
+    target = contained(bucket, *identity_parts(manifest.identity))
+    target.parent.mkdir(exist_ok=True)
     if target.exists():
         raise SnapshotError(f"snapshot {manifest.identity!r} already exists in {bucket}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{manifest.identity}.", dir=bucket))
+    # Staged beside the target (same folder, so the rename is atomic); a leading '.' hides it from
+    # listings, which skip names that are not valid snapshot names.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         write_payload(tmp / manifest.payload)
         payload = tmp / manifest.payload
@@ -207,7 +237,7 @@ def _commit(bucket: Path, manifest: Manifest, write_payload: Any) -> Path:
 
 def write_base(bucket: Path, identity: str, state: Mapping[str, torch.Tensor], base_model: str) -> Manifest:
     """Write a full snapshot. ``state`` must be the full (merged) state dict."""
-    check_name(identity)
+    check_identity(identity)
     start = time.perf_counter()
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     manifest = Manifest(
@@ -237,8 +267,8 @@ def write_delta(
     encoding: DeltaEncoding = "sub-xor",
 ) -> Manifest:
     """Write ``state`` as a delta against ``parent_state`` (the weights of ``parent_identity``)."""
-    check_name(identity)
-    check_name(parent_identity)
+    check_identity(identity)
+    check_identity(parent_identity)
     if _tensor_infos(state) != _tensor_infos(parent_state):
         raise SnapshotError(f"delta {identity!r}: tensor names, dtypes or shapes differ from the parent")
     start = time.perf_counter()
@@ -262,7 +292,7 @@ def write_delta(
 
 
 def read_manifest(bucket: Path, identity: str) -> Manifest:
-    path = contained(Path(bucket), check_name(identity), MANIFEST)
+    path = contained(Path(bucket), *identity_parts(identity), MANIFEST)
     if not path.exists():
         raise SnapshotError(f"snapshot {identity!r} not found in {bucket}")
     try:
@@ -280,7 +310,7 @@ def read_manifest(bucket: Path, identity: str) -> Manifest:
 def _verified_payload(bucket: Path, manifest: Manifest) -> Path:
     if manifest.payload not in (BASE_FILE, DELTA_FILE):
         raise SnapshotError(f"snapshot {manifest.identity!r}: unknown payload file {manifest.payload!r}")
-    payload = contained(Path(bucket), manifest.identity, manifest.payload)
+    payload = contained(Path(bucket), *identity_parts(manifest.identity), manifest.payload)
     if not payload.is_file():
         raise SnapshotError(f"snapshot {manifest.identity!r}: payload {manifest.payload} is missing")
     digest = _file_sha256(payload)

@@ -1,12 +1,13 @@
 """``DirectoryStore``: the SnapshotStore of a trainer whose bucket is a local directory (the embedded
-trainer's): snapshot ``identity`` lives in ``BUCKET/<identity>/`` in hotloop's format."""
+trainer's): snapshot ``identity`` lives in ``BUCKET/<identity>/`` in hotloop's format (per-run
+identities ``<run>/<name>`` in the run's folder)."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-from engine.weights.names import SnapshotError, check_name
+from engine.weights.names import SnapshotError, contained, identity_parts
 
 
 class DirectoryStore:
@@ -14,7 +15,7 @@ class DirectoryStore:
         self.bucket = Path(bucket)
 
     async def local_dir(self, identity: str) -> Path:
-        path = self.bucket / check_name(identity)
+        path = contained(self.bucket, *identity_parts(identity))  # a bare name or <run>/<name>
         if not await asyncio.to_thread(path.is_dir):
             raise SnapshotError(f"snapshot {identity!r} not found in {self.bucket}")
         return path

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from engine.backends.base import CheckpointType, HotLoader, SamplerSnapshot
+from engine.backends.base import HOTLOOP_DELTA_FORMAT, CheckpointType, HotLoader, SamplerSnapshot
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.errors import ConfigError, FatalError, HotloopError, StuckError
 from engine.log import get_logger
@@ -185,7 +185,12 @@ class WeightSyncer:
         except chain.ChainError as exc:
             raise ConfigError(f"checkpoint_type: {exc}") from exc
         snapshot = self._saved.get(identity) or SamplerSnapshot(
-            path="", snapshot_name=identity, checkpoint_type=checkpoint_type
+            path="",
+            snapshot_name=identity,
+            checkpoint_type=checkpoint_type,
+            # Saved elsewhere: its encoding is the one this session's trainer writes (a session
+            # that does not say is a tinker-protocol one, hotloop's own format).
+            delta_format=getattr(self.session, "default_delta_format", HOTLOOP_DELTA_FORMAT),
         )
         try:
             await self.loader.load(snapshot, parent=parent)

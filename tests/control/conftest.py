@@ -12,6 +12,8 @@ import pytest
 from aiohttp import web
 
 KEY = "fw-test-key-123456"
+# Routes on which Fireworks' SDK also sends "Authorization: Bearer" (control-plane calls do not).
+BEARER_ROUTES = {"healthz", "completions", "hot_load"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -67,7 +69,11 @@ class ScriptedServer:
     def _route(self, name: str, handler: Handler) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             self.calls[name] += 1
-            if request.headers.get("Authorization") != f"Bearer {KEY}":
+            # Fireworks' SDK: X-Api-Key on every call, Bearer too on inference, hot-load and health.
+            bearer = name in BEARER_ROUTES
+            if request.headers.get("X-Api-Key") != KEY or bearer != ("Authorization" in request.headers):
+                return web.json_response({"error": {"message": "invalid api key"}}, status=401)
+            if bearer and request.headers["Authorization"] != f"Bearer {KEY}":
                 return web.json_response({"error": {"message": "invalid api key"}}, status=401)
             if self.faults[name]:
                 spec = self.faults[name].pop(0)

@@ -26,6 +26,7 @@ async def main() -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--bucket", required=True)
     parser.add_argument("--state-dir", default=None)
+    parser.add_argument("--alias", action="append", default=[])
     parser.add_argument("--api-key-env", default=None)
     args = parser.parse_args()
     if os.environ.get("STANDIN_FAIL_START"):

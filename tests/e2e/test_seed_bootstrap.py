@@ -63,7 +63,8 @@ async def test_seed_bootstrap(stack: Any, seed_env: Any) -> None:
         delta_id = await syncer.save_and_hotload("step_00006")
         snap = syncer.last_snapshot
         assert snap.checkpoint_type == "delta" and snap.parent_snapshot_identity == base_id
-        assert delta_id == f"step_00006-{session.session_tag}"
+        # The embedded trainer keeps snapshots per run: <run>/<name>-<tag> is what gets hot-loaded.
+        assert delta_id == f"{session.model_id}/step_00006-{session.session_tag}"
         assert served_identity(await b.deploy_mgr.hotload_check_status("seed-serving", MODEL)) == delta_id
 
         sampler = DeploymentSampler(

@@ -94,6 +94,31 @@ async def test_sft_with_periodic_sync_and_eval(run_stack: Any, tmp_path: Path) -
     assert [r["step"] for r in rows(run_dir) if r["kind"] == "eval"] == [0, 2, 4]
 
 
+async def test_rl_run_in_fireworks_dialect(run_stack: Any, tmp_path: Path) -> None:
+    """A trainer spoken to in Fireworks' JSON dialect (``trainer.dialect: fireworks``, what a run
+    against Fireworks picks by default) through every state; the same trainer job and deployment as
+    the runs above, a new model on them."""
+    run_dir = tmp_path / "fw"
+    cfg = tiny_config(run_dir, "seed", max_steps=2, trainer={"dialect": "fireworks"})
+    summary = await run(cfg, connection=connection(run_stack))
+    assert summary.status == "done" and summary.steps == 2
+
+    # The dialect is decided once and journaled with the trainer's ref (a resume keeps it).
+    text = json.dumps(journal(run_dir))
+    assert '"dialect": "fireworks"' in text and '"dialect": "tinker"' not in text
+    steps = check_exactly_once(run_dir, 2)
+    assert [s["optimizer_steps"] for s in steps] == [1, 2]
+    ledger = rows(run_dir, "checkpoints.jsonl")
+    snaps = [r for r in ledger if r["kind"] == "snapshot"]
+    # The deployment held another run's snapshot, so this session starts with a base (one more sync
+    # first when the run owes one); then deltas against the previous snapshot.
+    kinds = [s["checkpoint_type"] for s in snaps]
+    assert len(snaps) >= 2 and kinds[0] == "base" and set(kinds[1:]) == {"delta"}
+    assert [s["parent"] for s in snaps[1:]] == [s["identity"] for s in snaps[:-1]]
+    assert [r["identity"] for r in ledger if r["kind"] == "sync"] == [s["identity"] for s in snaps]
+    assert await served_identity(run_stack, "seed-serving") == snaps[-1]["identity"]
+
+
 async def test_hotloop_run_starts_and_stops_its_own_embedded_stack(tmp_path: Path) -> None:
     """The default backend: `hotloop run` brings up an embedded stack under the run directory,
     runs, writes summary.json, says where the run is, and stops the stack."""

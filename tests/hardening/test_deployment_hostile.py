@@ -114,7 +114,8 @@ def test_malformed_bodies_and_headers_are_4xx(
 def test_hot_load_validates_identity_first_and_never_follows_links(
     deployment_proc: Target, http: httpx.Client, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    for identity in ("../x", "/etc/passwd", "a/b", ""):
+    # ("run/name" is a per-run identity and valid; deeper or dotted paths are not.)
+    for identity in ("../x", "/etc/passwd", "a/b/c", "../a/b", "a/../b", ""):
         assert_rejected(http.post(HOT_LOAD, json={"identity": identity}), 400, "identity")
     # Plant a snapshot outside the bucket and link it in, and a manifest whose payload points out.
     assert deployment_proc.stderr is not None

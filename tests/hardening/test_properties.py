@@ -41,12 +41,12 @@ TRAINER_KEYS = [
     "session_id", "model_id", "seq_id", "model_seq_id", "base_model", "lora_config", "adam_params",
     "sampling_session_id", "sampling_session_seq_id", "prompt", "sampling_params", "num_samples",
     "request_id", "path", "optimizer", "checkpoint_type", "parent_snapshot_identity", "reason", "tags",
-    "model_path",
+    "model_path", "forward_input", "forward_backward_input", "tinker_path", "comms",
 ]  # fmt: skip
 TRAINER_POSTS = [
     "create_session", "session_heartbeat", "create_model", "get_info", "optim_step", "save_weights",
     "load_weights", "save_weights_for_sampler", "create_sampling_session", "asample", "retrieve_future",
-    "forward_backward", "client/config", "telemetry",
+    "forward_backward", "client/config", "telemetry", "forward", "unload_model", "weights_info",
 ]  # fmt: skip
 DEPLOYMENT_KEYS = [
     "model", "prompt", "n", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids",
@@ -57,6 +57,7 @@ SMALL = {"max_tokens": st.integers(-2, 3), "n": st.integers(-1, 3), "top_logprob
 STACK_KEYS = [
     "trainingConfig", "baseModel", "loraRank", "learningRate", "displayName", "description", "annotations",
     "minReplicaCount", "maxReplicaCount", "hotLoadTrainerJob", "hotLoadTransitionType", "name", "extraValues",
+    "output_model", "trainer_job_id", "base_model", "async_promotion", "hot_load_deployment_id",
 ]  # fmt: skip
 
 
@@ -122,7 +123,9 @@ def stack_http(stack_proc: Target) -> Any:
     body=_bodies(STACK_KEYS),
     segment=SEGMENT,
     query=st.dictionaries(
-        st.sampled_from(["pageSize", "pageToken", "updateMask", "rlorTrainerJobId", "deploymentId"]),
+        st.sampled_from(
+            ["pageSize", "pageToken", "updateMask", "rlorTrainerJobId", "deploymentId", "trainingShape"]
+        ),
         st.text(max_size=8),
         max_size=3,
     ),
@@ -140,5 +143,8 @@ def test_control_plane_never_answers_5xx(
         ("POST", "/inference/v1/completions"),
         ("POST", f"/training/v1/rlorTrainerJobs/local/{seg}/api/v1/create_model"),
         ("GET", f"/v1/accounts/{seg}"),
+        ("GET", f"/v1/accounts/fireworks/trainingShapes/{seg}/versions"),
+        ("GET", f"/v1/accounts/{seg}/models/{seg}"),
+        ("POST", f"/v1/accounts/local/checkpoints/{seg}:promote"),
     ):
         _no_5xx(stack_http.request(method, path, params=query, json=body))

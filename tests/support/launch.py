@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Generic, Literal, TypeVar
 
-from engine.local.launch import DEPLOYMENT_URL_KEY, TRAINER_URL_KEY, describe_exit, url_from_line
+from engine.local.launch import DEPLOYMENT_URL_KEY, TRAINER_URL_KEY, url_from_line
+from engine.processes import describe_exit
 
 MOCK_URL_KEY = "HOTLOOP_MOCK_URL"
 __all__ = [

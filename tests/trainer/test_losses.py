@@ -54,8 +54,8 @@ def test_cispo_weights_logprobs_by_the_detached_clipped_ratio() -> None:
     loss, _ = cispo(logp, inputs, {"clip_high_threshold": 1.2})
     loss.backward()
     assert logp.grad is not None and logp.grad.tolist() == pytest.approx([-1.2 * 3.0])
-    with pytest.raises(TrainerBadRequest, match="'dro' is not supported"):
-        get_loss("dro")
+    with pytest.raises(TrainerBadRequest, match="'ppo_v9' is not supported"):
+        get_loss("ppo_v9")
     with pytest.raises(TrainerBadRequest, match="needs loss_fn_inputs"):
         cispo(logp, {"logprobs": torch.tensor([-1.0])}, {})
 
@@ -108,3 +108,53 @@ def test_adam_params_clip_norm_and_decoupled_weight_decay(tiny_model_dir: Path) 
     change = (norm_layer.detach() - before * (1 - 1e-2 * 0.5)).abs().max()
     assert float(change) <= 1e-2 * 1.01
     assert metrics["optimizer_step:max"] == 1.0
+
+
+def test_microbatches_keep_groups_within_the_budget() -> None:
+    from engine.local.trainer.microbatch import activation_bytes, merge_metrics, microbatches
+
+    one = activation_bytes(1, 100, 4, 4, 1024)
+    assert microbatches([100] * 5, 2 * one, 4, 4, 1024) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert microbatches([1000, 10], one, 4, 4, 1024) == [range(0, 1), range(1, 2)]  # alone if too big
+    assert microbatches([], one, 4, 4, 1024) == []
+    merged = merge_metrics(
+        [
+            (1, {"loss:sum": 1.0, "f:mean": 0.0, "m:max": 2.0}),
+            (3, {"loss:sum": 2.0, "f:mean": 1.0, "m:max": 1.0}),
+        ]
+    )
+    assert merged == {"loss:sum": 3.0, "f:mean": 0.75, "m:max": 2.0}
+
+
+@pytest.mark.parametrize("loss_fn", ["cross_entropy", "gspo"])
+def test_micro_batched_forward_backward_is_exact(tiny_model_dir: Path, loss_fn: str) -> None:
+    """A request split into one datum per micro-batch gives the loss and gradients of one batch."""
+    from engine.local.models import load_model
+
+    base = load_model("tiny")
+    rng = np.random.default_rng(0)
+
+    def datum(n: int) -> DatumIn:
+        inputs = {
+            "target_tokens": rng.integers(4, 1000, n).astype(np.int64),
+            "logprobs": -rng.random(n).astype(np.float32),
+            "advantages": rng.normal(size=n).astype(np.float32),
+            "weights": np.ones(n, np.float32),
+        }
+        return DatumIn(rng.integers(4, 1000, n).astype(np.int64), inputs)
+
+    data = [datum(n) for n in (9, 5, 12)]
+    grads, results = [], []
+    for budget in (1 << 30, 1):  # everything together; one datum at a time
+        spec = LoraSpec(0)
+        state = ModelState("m", "tiny", spec, build_module(base, spec), 1024, 1024, microbatch_bytes=budget)
+        outs, metrics = state.forward_backward(data, loss_fn, {}, forward_only=False)
+        results.append((outs, metrics))
+        grads.append({k: p.grad.clone() for k, p in state.trainable().items() if p.grad is not None})
+    (outs_a, m_a), (outs_b, m_b) = results
+    assert m_a["loss:sum"] == pytest.approx(m_b["loss:sum"], rel=1e-5)
+    for a, b in zip(outs_a, outs_b, strict=True):
+        np.testing.assert_allclose(a["logprobs"], b["logprobs"], atol=1e-5)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-3, atol=1e-5)

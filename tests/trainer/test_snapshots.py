@@ -52,12 +52,16 @@ def test_base_then_delta_materializes_to_the_trainer_weights(trainer: ServerThre
     assert base["path"] == f"tinker://{model_id}/sampler_weights/snap-0"
     seq = _train_step(raw, model_id, seq + 1)
     delta = _snapshot(raw, model_id, seq, "snap-1", checkpoint_type="delta")
-    assert delta["checkpoint_type"] == "delta" and delta["parent_snapshot_identity"] == "snap-0"
+    # Snapshots are kept per run: identity <run>/<name>, in the run's folder of the bucket.
+    snap0, snap1 = f"{model_id}/snap-0", f"{model_id}/snap-1"
+    assert base["snapshot_name"] == snap0
+    assert delta["checkpoint_type"] == "delta" and delta["parent_snapshot_identity"] == snap0
     assert 0 < delta["size_bytes"] < base["size_bytes"] and delta["encode_seconds"] >= 0
 
     bucket = trainer.service.config.bucket
-    assert read_manifest(bucket, "snap-1").parent == "snap-0"
-    _, got = materialize(bucket, "snap-1")
+    assert (bucket / model_id / "snap-1" / "manifest.json").exists()
+    assert read_manifest(bucket, snap1).parent == snap0
+    _, got = materialize(bucket, snap1)
     want = trainer.service.models[model_id].require_state().sampler_state()
     assert set(got) == set(want)
     for k in want:
@@ -69,16 +73,17 @@ def test_base_then_delta_materializes_to_the_trainer_weights(trainer: ServerThre
         "base_model": "tiny",
         "lora_rank": 0,
         "optimizer_steps": 2,
-        "last_sampler_snapshot": "snap-1",
+        "last_sampler_snapshot": snap1,
     }
 
-    # An explicit parent that is not the one in memory is materialized from the bucket.
+    # An explicit parent that is not the one in memory is materialized from the bucket; a bare name
+    # means that name in this run.
     seq = _train_step(raw, model_id, seq + 1)
     again = _snapshot(
         raw, model_id, seq, "snap-2", checkpoint_type="delta", parent_snapshot_identity="snap-0"
     )
-    assert again["parent_snapshot_identity"] == "snap-0"
-    _, got2 = materialize(bucket, "snap-2")
+    assert again["parent_snapshot_identity"] == snap0
+    _, got2 = materialize(bucket, f"{model_id}/snap-2")
     want2 = trainer.service.models[model_id].require_state().sampler_state()
     assert all(torch.equal(got2[k], want2[k]) for k in want2)
 
@@ -91,7 +96,8 @@ def test_sampling_from_a_named_snapshot_matches_the_trainer(trainer: ServerThrea
     tc.forward_backward([datum(EXAMPLE)], "cross_entropy")
     tc.optim_step(types.AdamParams(learning_rate=1e-2)).result()
     path = tc.save_weights_for_sampler("lora-snap").result().path
-    assert read_manifest(trainer.service.config.bucket, "lora-snap").kind == "base"  # LoRA: merged base
+    lora_identity = f"{tc.model_id}/lora-snap"
+    assert read_manifest(trainer.service.config.bucket, lora_identity).kind == "base"  # LoRA: merged base
     sc = svc.create_sampling_client(model_path=path).result()
     prompt = types.ModelInput.from_ints(EXAMPLE)
     lps = sc.compute_logprobs(prompt).result()
@@ -132,11 +138,13 @@ def test_a_resumed_model_deltas_against_its_last_snapshot(trainer: ServerThread,
     loaded = raw.result(raw.ok("/load_weights", body)["request_id"]).json()
     resumed = loaded["model_id"]
     assert resumed == f"{session}:train:1"
-    assert raw.http.get(f"/hotloop/models/{resumed}").json()["last_sampler_snapshot"] == "resume-0"
+    # The resumed model is a new run: its delta's parent is the first run's snapshot.
+    first = f"{model_id}/resume-0"
+    assert raw.http.get(f"/hotloop/models/{resumed}").json()["last_sampler_snapshot"] == first
     seq = _train_step(raw, resumed, 1)
     delta = _snapshot(raw, resumed, seq, "resume-1", checkpoint_type="delta")
-    assert delta["checkpoint_type"] == "delta" and delta["parent_snapshot_identity"] == "resume-0"
-    _, got = materialize(trainer.service.config.bucket, "resume-1")
+    assert delta["checkpoint_type"] == "delta" and delta["parent_snapshot_identity"] == first
+    _, got = materialize(trainer.service.config.bucket, f"{resumed}/resume-1")
     want = trainer.service.models[resumed].require_state().sampler_state()
     assert all(torch.equal(got[k], want[k]) for k in want)
     missing = {
@@ -175,10 +183,11 @@ def test_unsequenced_snapshot_requests_interleave_with_the_official_client(
             {"model_id": tc.model_id, "path": "mixed-1", "checkpoint_type": "delta"},
         )["request_id"]
     ).json()
-    assert delta["parent_snapshot_identity"] == "mixed-0" and delta["checkpoint_type"] == "delta"
+    mixed0 = f"{tc.model_id}/mixed-0"
+    assert delta["parent_snapshot_identity"] == mixed0 and delta["checkpoint_type"] == "delta"
     bucket = trainer.service.config.bucket
-    _, got0 = materialize(bucket, "mixed-0")
-    _, got1 = materialize(bucket, "mixed-1")
+    _, got0 = materialize(bucket, mixed0)
+    _, got1 = materialize(bucket, f"{tc.model_id}/mixed-1")
     want = trainer.service.models[tc.model_id].require_state().sampler_state()
     assert all(torch.equal(got1[k], want[k]) for k in want)
     assert not all(torch.equal(got0[k], want[k]) for k in want)  # the base was taken one step earlier

@@ -70,24 +70,26 @@ async def test_calls_execute_in_submission_order_and_snapshots_chain(
         assert opt_out.metrics is not None and opt_out.metrics["optimizer_step:max"] == 1
         assert session.policy_version == 1
 
-        assert pre_snap.snapshot_name == "pre-cafe0002" and pre_snap.checkpoint_type == "base"
-        assert post_snap.snapshot_name == "post-cafe0002" and post_snap.checkpoint_type == "delta"
-        assert post_snap.parent_snapshot_identity == "pre-cafe0002"
-        assert pre_snap.path.endswith("/sampler_weights/pre-cafe0002")
+        # The embedded trainer keeps snapshots per run: the identity to load is <run>/<name>-<tag>.
+        pre_id, post_id = f"{session.model_id}/pre-cafe0002", f"{session.model_id}/post-cafe0002"
+        assert pre_snap.snapshot_name == pre_id and pre_snap.checkpoint_type == "base"
+        assert post_snap.snapshot_name == post_id and post_snap.checkpoint_type == "delta"
+        assert post_snap.parent_snapshot_identity == pre_id
+        assert pre_snap.path == f"tinker://{session.model_id}/sampler_weights/pre-cafe0002"
         assert post_snap.size_bytes is not None and pre_snap.size_bytes is not None
         assert post_snap.size_bytes < pre_snap.size_bytes
 
-        manifest = snapshot.read_manifest(trainer.bucket, "post-cafe0002")
-        assert manifest.kind == "delta" and manifest.parent == "pre-cafe0002"
-        _, pre_state = snapshot.materialize(trainer.bucket, "pre-cafe0002")
-        _, post_state = snapshot.materialize(trainer.bucket, "post-cafe0002")
+        manifest = snapshot.read_manifest(trainer.bucket, post_id)
+        assert manifest.kind == "delta" and manifest.parent == pre_id
+        _, pre_state = snapshot.materialize(trainer.bucket, pre_id)
+        _, post_state = snapshot.materialize(trainer.bucket, post_id)
         initial = load_model("tiny").state_dict()
         assert all(torch.equal(pre_state[k], initial[k]) for k in initial)
         assert any(not torch.equal(post_state[k], initial[k]) for k in initial)
 
         # The default delta parent is the last snapshot this model wrote.
         nxt = await session.save_weights_for_sampler("next", "delta")
-        assert nxt.parent_snapshot_identity == "post-cafe0002"
+        assert nxt.parent_snapshot_identity == post_id
     finally:
         await session.close()
 
@@ -106,10 +108,10 @@ async def test_explicit_parent_and_lora_sessions(
         await full.optim_step(ADAM)
         # Not the default parent (the last snapshot, b): the one named in the request.
         c = await full.save_weights_for_sampler("c", "delta", a.snapshot_name)
-        assert c.parent_snapshot_identity == "a-cafe0003"
-        assert snapshot.read_manifest(trainer.bucket, "c-cafe0003").parent == "a-cafe0003"
-        _, c_state = snapshot.materialize(trainer.bucket, "c-cafe0003")
-        _, b_state = snapshot.materialize(trainer.bucket, "b-cafe0003")
+        assert c.parent_snapshot_identity == a.snapshot_name == f"{full.model_id}/a-cafe0003"
+        assert snapshot.read_manifest(trainer.bucket, c.snapshot_name).parent == a.snapshot_name
+        _, c_state = snapshot.materialize(trainer.bucket, c.snapshot_name)
+        _, b_state = snapshot.materialize(trainer.bucket, f"{full.model_id}/b-cafe0003")
         assert any(not torch.equal(c_state[k], b_state[k]) for k in b_state)
     finally:
         await full.close()

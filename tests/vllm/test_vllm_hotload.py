@@ -20,6 +20,7 @@ from engine.backends.vllm import VllmHotLoader, VllmHotloadError
 from engine.backends.vllm.materialize import WeightsMaterializer
 from engine.local.models import load_tokenizer
 from engine.sampling import AdaptiveConcurrencyController, FixedConcurrencyController, SamplingRetryPolicy
+from engine.weights.names import flat_name
 from engine.weights.store import DirectoryStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
@@ -80,7 +81,9 @@ async def test_base_then_delta_served_with_the_trainers_logprobs(
         assert outputs[0] != outputs[1]  # the delta's weights, not the base's, answer
         assert loader.materializer.held_identity == parent  # the delta applied to the state in memory
         weights = sorted(p.name for p in loader.materializer.work_dir.iterdir())
-        assert weights == [parent]  # the base's directory was pruned once the delta served
+        # The base's directory was pruned once the delta served (a per-run identity <run>/<name> is
+        # one flat directory, <run>~<name>).
+        assert weights == [flat_name(parent)]
     finally:
         await sampler.close()
         await session.close()

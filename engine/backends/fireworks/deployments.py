@@ -171,7 +171,11 @@ class DeploymentManager(RestClient):
             await self.clock.sleep(poll_interval_s)
 
     def _hotload_headers(self, deployment_id: str, base_model: str) -> dict[str, str]:
-        return {"fireworks-model": base_model, "fireworks-deployment": self.model_name(deployment_id)}
+        return {
+            **self.bearer(),
+            "fireworks-model": base_model,
+            "fireworks-deployment": self.model_name(deployment_id),
+        }
 
     async def hotload(
         self,

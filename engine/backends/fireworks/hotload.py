@@ -8,9 +8,13 @@ deployment reports what it serves as ``replicas[0].current_snapshot_identity``.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
+from pathlib import Path
 from typing import Any, Protocol
 
-from engine.backends.base import SamplerSnapshot
+from engine.backends.base import SamplerSnapshot, SnapshotStore
 from engine.errors import FatalError, StuckError
 
 
@@ -50,6 +54,17 @@ def incremental_metadata(snapshot: SamplerSnapshot, parent: str | None) -> dict[
     }
 
 
+def _copy_in(src: Path, dst: Path) -> None:
+    """Copy a snapshot directory into a bucket, atomically (a reader never sees half of it)."""
+    if dst.exists() or src.resolve() == dst.resolve():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.staging")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    os.replace(tmp, dst)
+
+
 def replica_identity(status: dict[str, Any]) -> tuple[bool, str | None]:
     """(reported, identity) of a hot-load status; reported is False while no replica answers."""
     replicas = status.get("replicas")
@@ -72,8 +87,12 @@ class ControlPlaneHotLoader:
         *,
         timeout_s: float = 600.0,
         poll_interval_s: float = 1.0,
+        stage: tuple[SnapshotStore, Path] | None = None,
     ) -> None:
         self.api = api
+        # (the trainer's store, the deployment's local bucket): a deployment that does not share its
+        # trainer's bucket (a Tinker trainer's exports) gets each snapshot copied in before its load.
+        self.stage = stage
         self.deployment_id = deployment_id
         self.base_model = base_model
         self.timeout_s = timeout_s
@@ -84,6 +103,9 @@ class ControlPlaneHotLoader:
 
     async def load(self, snapshot: SamplerSnapshot, *, parent: str | None) -> None:
         identity = snapshot.snapshot_name
+        if self.stage is not None:
+            store, bucket = self.stage
+            await asyncio.to_thread(_copy_in, await store.local_dir(identity), bucket / identity)
         metadata = incremental_metadata(snapshot, parent)
         await self.api.hotload(self.deployment_id, self.base_model, identity, metadata)
         served = await self.api.wait_for_hotload(

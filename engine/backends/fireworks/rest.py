@@ -131,12 +131,13 @@ class RestClient:
             )
         return self._session
 
+    def bearer(self) -> dict[str, str]:
+        """What Fireworks' SDK adds to inference, hot-load and trainer-health calls (control-plane
+        calls carry ``X-Api-Key`` only)."""
+        return {"Authorization": f"Bearer {self._api_key}"}
+
     def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        merged: dict[str, str] = {
-            "Content-Type": "application/json",
-            "X-Api-Key": self._api_key,
-            "Authorization": f"Bearer {self._api_key}",
-        }
+        merged: dict[str, str] = {"Content-Type": "application/json", "X-Api-Key": self._api_key}
         for source in (self._extra_headers, extra or {}):
             for key, value in source.items():  # caller headers override defaults case-insensitively
                 for existing in [k for k in merged if k.lower() == key.lower()]:
@@ -259,11 +260,12 @@ class RestClient:
     async def probe(
         self, method: str, url: str, *, json_body: Any = None, timeout_s: float = 10.0, headers: Any = None
     ) -> tuple[int | None, str]:
-        """One unretried attempt for readiness checks: (status or None, short detail)."""
+        """One unretried attempt for readiness checks (inference and trainer health, so with the
+        bearer header too): (status or None, short detail)."""
         try:
             async with asyncio.timeout(timeout_s):
                 async with self._http().request(
-                    method, url, json=json_body, headers=self.headers(headers)
+                    method, url, json=json_body, headers=self.headers({**self.bearer(), **(headers or {})})
                 ) as resp:
                     raw = await resp.read()
                     return resp.status, error_message(_decode(raw), resp.reason or "")[:300]

@@ -76,6 +76,9 @@ class SamplerSaveResult(pydantic.BaseModel):
     parent_snapshot_identity: str | None = None
     size_bytes: int | None = None
     encode_seconds: float | None = None
+    # hotloop's trainer names the encoding it wrote (engine.weights.snapshot's manifest fields).
+    compression_format: str | None = None
+    checksum_format: str | None = None
 
 
 def save_weights_for_sampler_ext(

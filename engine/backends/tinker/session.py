@@ -7,7 +7,9 @@ made, and ``forward_backward`` + ``optim_step`` can be pipelined -- and returns 
 awaits the result from the caller's loop, bounded by ``op_timeout_s``.
 
 Sampler snapshot names are session-qualified the way Fireworks does it: ``f"{name}-{tag}"`` with an
-8-hex tag per session, so two sessions (or a resumed one) never write the same identity.
+8-hex tag per session, so two sessions (or a resumed one) never write the same identity. The identity
+a deployment loads is the ``snapshot_name`` the trainer answers with: the embedded trainer keeps
+snapshots per training run and answers ``<run_id>/<name>-<tag>`` (engine.weights.snapshot).
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import aiohttp
 import tinker
 from tinker import types
 
-from engine.backends.base import CheckpointType, SamplerSnapshot
+from engine.backends.base import HOTLOOP_DELTA_FORMAT, CheckpointType, SamplerSnapshot
 from engine.backends.tinker.edge import await_future, map_error, save_weights_for_sampler_ext
 from engine.errors import ConfigError, FatalError, RetryableError
 from engine.log import get_logger
-from engine.weights.names import SnapshotError, check_name
+from engine.weights.names import SnapshotError, check_identity, check_name
 
 T = TypeVar("T")
 CustomLossFn = Any  # (data: list[Datum], logprobs: list[torch.Tensor]) -> (loss, metrics)
@@ -311,6 +313,27 @@ class TrainingSession:
 
         return _wait()
 
+    def save_weights_external(self, name: str) -> Coroutine[Any, Any, str]:
+        """Export the current weights in Hugging Face format (Tinker's ``save_weights_external``);
+        returns the ``tinker://`` path that ``external_weights_urls`` signs download URLs for."""
+        fut = self._client.save_weights_external(name)
+
+        async def _wait() -> str:
+            result = await await_future(fut, self.op_timeout_s, f"save_weights_external {name!r}")
+            return str(result.path)
+
+        return _wait()
+
+    async def external_weights_urls(self, tinker_path: str) -> dict[str, str]:
+        """Signed download URL per file of an external weights export (Tinker's REST API)."""
+        rest = self._service.create_rest_client()
+        result = await await_future(
+            rest.get_external_weights_urls(tinker_path),
+            self.op_timeout_s,
+            f"external_weights_urls {tinker_path!r}",
+        )
+        return dict(result.urls)
+
     def save_weights_for_sampler(
         self,
         name: str,
@@ -323,7 +346,7 @@ class TrainingSession:
         identity = self.qualify(name)
         extra: dict[str, Any] = {"checkpoint_type": checkpoint_type}
         if parent_snapshot_identity is not None:
-            extra["parent_snapshot_identity"] = check_name(parent_snapshot_identity)
+            extra["parent_snapshot_identity"] = check_identity(parent_snapshot_identity)
         fut = save_weights_for_sampler_ext(self._client, identity, extra)
 
         async def _wait() -> SamplerSnapshot:
@@ -339,6 +362,10 @@ class TrainingSession:
                 size_bytes=r.size_bytes,
                 parent_snapshot_identity=r.parent_snapshot_identity,
                 encode_seconds=r.encode_seconds,
+                # The trainer names what it wrote; a tinker-protocol trainer is hotloop's own.
+                delta_format=(r.compression_format, r.checksum_format)
+                if kind == "delta" and r.compression_format and r.checksum_format
+                else HOTLOOP_DELTA_FORMAT,
             )
             self._log.info("sampler snapshot saved", identity=snap.snapshot_name, kind=kind)
             return snap

@@ -28,10 +28,10 @@ from engine.backends.vllm.dialect import VllmDialect
 from engine.backends.vllm.errors import VllmAdminError, VllmUnavailableError
 from engine.backends.vllm.hotload import VllmHotLoader
 from engine.backends.vllm.launcher import VllmLaunchSpec, VllmServer
-from engine.backends.vllm.launcher import _describe as describe_exit
 from engine.backends.vllm.materialize import WeightsMaterializer, read_layout
 from engine.errors import ConfigError, StuckError
 from engine.log import get_logger
+from engine.processes import describe_exit
 from engine.weights.names import SnapshotError
 
 if TYPE_CHECKING:

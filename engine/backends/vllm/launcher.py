@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
-import signal
 import socket
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +25,12 @@ import aiohttp
 from engine.backends.vllm.errors import VllmLaunchError
 from engine.errors import ConfigError
 from engine.log import get_logger
+from engine.processes import describe_exit, die_with_parent, stop_group
 
 _log = get_logger("backends.vllm.launcher")
 PYTHON_ENV = "HOTLOOP_VLLM_PYTHON"
 DEFAULT_VENV = ".venv-vllm"
 SYSTEM_PYTHON = Path("/opt/vllm-venv/bin/python")
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 def locate_vllm_python(
@@ -88,20 +84,6 @@ class VllmLaunchSpec:
         return env
 
 
-def _child_setup() -> None:  # pragma: no cover - runs in the forked child before exec
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _describe(returncode: int | None) -> str:
-    if returncode is None:
-        return "still running"
-    if returncode < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-returncode).name}"
-    return f"exited with code {returncode}"
-
-
 class VllmServer:
     """One launched vLLM server: ``start`` (bounded), ``base_url``, ``stop``."""
 
@@ -138,7 +120,7 @@ class VllmServer:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.spec.environ(self._api_key),
                 start_new_session=True,
-                preexec_fn=_child_setup,
+                preexec_fn=die_with_parent,
             )
         url = f"http://{self.spec.host}:{port}"
         _log.info("vllm starting", pid=self.proc.pid, url=url, log=str(self.log_path))
@@ -148,7 +130,7 @@ class VllmServer:
             while True:
                 if self.proc.returncode is not None:
                     raise VllmLaunchError(
-                        f"vLLM ({' '.join(argv[:3])} ...) {_describe(self.proc.returncode)} before it was"
+                        f"vLLM ({' '.join(argv[:3])} ...) {describe_exit(self.proc.returncode)} before it was"
                         f" ready; log {self.log_path} ends:\n{self.log_tail()}"
                     )
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
@@ -167,23 +149,11 @@ class VllmServer:
         _log.info("vllm ready", pid=self.proc.pid, url=url)
         return url
 
-    def _signal_group(self, sig: int) -> None:
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, sig)
-
     async def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM the server's process group, SIGKILL it after ``grace_s``."""
+        """SIGTERM the server's process group, SIGKILL it after ``grace_s`` (and what it left behind:
+        the engine core and its workers)."""
         if self.proc is None:
             return
-        if self.proc.returncode is None:
-            self._signal_group(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(grace_s):
-                    await self.proc.wait()
-            except TimeoutError:
-                _log.warning("vllm ignored SIGTERM; killing", pid=self.proc.pid)
-                self._signal_group(signal.SIGKILL)
-                await self.proc.wait()
-        self._signal_group(signal.SIGKILL)  # engine core / workers left in the group
-        _log.info("vllm stopped", pid=self.proc.pid, exit=_describe(self.proc.returncode))
+        proc = self.proc
+        await stop_group(proc, grace_s, lambda: _log.warning("vllm ignored SIGTERM; killing", pid=proc.pid))
+        _log.info("vllm stopped", pid=self.proc.pid, exit=describe_exit(self.proc.returncode))

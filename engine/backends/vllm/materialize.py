@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from engine.backends.base import SnapshotStore
 from engine.log import get_logger
-from engine.weights.names import SnapshotError, check_name
+from engine.weights.names import SnapshotError, flat_name, identity_parts
 
 if TYPE_CHECKING:
     import torch
@@ -123,7 +123,7 @@ class WeightsMaterializer:
         return self._held[0] if self._held else None
 
     def path_for(self, identity: str) -> Path:
-        return self.work_dir / check_name(identity)
+        return self.work_dir / flat_name(identity)  # per-run identities (<run>/<name>) included
 
     def ready(self, identity: str) -> bool:
         return (self.path_for(identity) / MARKER).is_file()
@@ -145,10 +145,12 @@ class WeightsMaterializer:
             if len(links) >= MAX_CHAIN:
                 raise SnapshotError(f"snapshot chain of {identity!r} is longer than {MAX_CHAIN}")
             directory = await store.local_dir(current)
-            if directory.name != current:
+            parts = identity_parts(current)  # a per-run identity <run>/<name> is two directories deep
+            if directory.parts[-len(parts) :] != parts:
                 raise SnapshotError(f"snapshot store gave {directory} for {current!r} (the name must match)")
-            manifest = await asyncio.to_thread(read_manifest, directory.parent, current)
-            links.append((directory.parent, manifest))
+            root = directory.parents[len(parts) - 1]
+            manifest = await asyncio.to_thread(read_manifest, root, current)
+            links.append((root, manifest))
             if manifest.kind == "base" or (manifest.parent == self.held_identity):
                 break
             current = manifest.parent
@@ -216,7 +218,7 @@ class WeightsMaterializer:
 
     def prune(self, keep: Iterable[str | None]) -> list[str]:
         """Delete the weights directories (and stale staging dirs) not in ``keep``; returns their names."""
-        kept = {k for k in keep if k}
+        kept = {flat_name(k) for k in keep if k}
         removed: list[str] = []
         if not self.work_dir.is_dir():
             return removed

@@ -20,6 +20,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--startup-timeout", type=float, default=300.0, help="seconds a child may take to print its URL line"
     )
     parser.add_argument(
+        "--alias",
+        action="append",
+        default=[],
+        metavar="NAME[=MODEL]",
+        help="serve MODEL (default: --model) to jobs and deployments whose base model is NAME (repeatable)",
+    )
+    parser.add_argument(
         "--model-root",
         action="append",
         type=Path,
@@ -34,6 +41,13 @@ def main(args: argparse.Namespace) -> int:
     import sys
     import tempfile
 
+    from engine.local.aliases import AliasError, parse_aliases
+
+    try:
+        args.aliases = parse_aliases(args.alias, args.model)
+    except AliasError as exc:
+        print(f"hotloop up: {exc}", file=sys.stderr)
+        return 2
     try:
         api_key = resolve_key(args) or new_key("hl-")
     except ConfigError as exc:
@@ -59,6 +73,7 @@ async def serve(args: argparse.Namespace, root: Path, api_key: str) -> int:
     plane = ControlPlane(
         root,
         default_model=args.model,
+        aliases=args.aliases,
         startup_timeout_s=args.startup_timeout,
         model_roots=getattr(args, "model_root", []),
     )

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class ControlPlane:
         root: Path,
         *,
         default_model: str | None = None,
+        aliases: Mapping[str, str] | None = None,
         startup_timeout_s: float = 300.0,
         python: str = sys.executable,
         child_argv: Callable[[str, list[str]], list[str]] | None = None,
@@ -51,6 +52,7 @@ class ControlPlane:
     ) -> None:
         self.root = root
         self.default_model = default_model
+        self.aliases = dict(aliases or {})
         # baseModel may name a model directory only under these (and never reveals other paths).
         self.model_roots = tuple(Path(r) for r in model_roots)
         self.startup_timeout_s = startup_timeout_s
@@ -129,7 +131,11 @@ class ControlPlane:
         if not isinstance(training, dict):
             raise ApiError(400, "trainingConfig: required object with at least baseModel")
         model = local_model(
-            training.get("baseModel"), "trainingConfig.baseModel", self.default_model, self.model_roots
+            training.get("baseModel"),
+            "trainingConfig.baseModel",
+            self.default_model,
+            self.model_roots,
+            aliases=self.aliases,
         )
         lora_rank = parse_int(
             training, "loraRank", "trainingConfig.loraRank", default=0, lo=0, hi=MAX_LORA_RANK
@@ -172,6 +178,7 @@ class ControlPlane:
                 str(job.bucket),
                 "--state-dir",
                 str(job.state_dir),
+                *_alias_args(job),
                 "--api-key-env",
                 CHILD_KEY_ENV,
             ],
@@ -275,7 +282,9 @@ class ControlPlane:
         if deployment_id in self.deployments:
             return 409, self.deployments[deployment_id]
         body = clean_deployment(body)
-        model = local_model(body.get("baseModel"), "baseModel", self.default_model, self.model_roots)
+        model = local_model(
+            body.get("baseModel"), "baseModel", self.default_model, self.model_roots, aliases=self.aliases
+        )
         self._check_deployment_body(body)
         dep_dir = self.root / "deployments" / deployment_id
         bucket = self._linked_bucket(body, model, "hotLoadTrainerJob") or dep_dir / "bucket"
@@ -379,6 +388,13 @@ class ControlPlane:
         dep.url = None
         if self.deployments.get(dep.deployment_id) is dep:  # hard delete: the id can be reused
             del self.deployments[dep.deployment_id]
+
+
+def _alias_args(job: JobRecord) -> list[str]:
+    """The trainer answers to the base model name the job was created with (a client sends that
+    name to create_model), when it is not the local model's own name."""
+    asked = job.body.get("trainingConfig", {}).get("baseModel")
+    return ["--alias", asked] if isinstance(asked, str) and asked != job.model else []
 
 
 PLANE: web.AppKey[ControlPlane] = web.AppKey("plane", ControlPlane)

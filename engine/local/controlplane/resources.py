@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,11 +52,16 @@ def check_id(value: Any, field_name: str) -> str:
 
 
 def local_model(
-    base_model: Any, field_name: str, default_model: str | None, model_roots: Sequence[Path] = ()
+    base_model: Any,
+    field_name: str,
+    default_model: str | None,
+    model_roots: Sequence[Path] = (),
+    aliases: Mapping[str, str] | None = None,
 ) -> str:
-    """Map a base model name to what the embedded processes load: an embedded model name
-    (tiny, small), ``accounts/x/models/<name>`` of one, or a model directory under one of
-    ``model_roots``; anything else falls back to the stack's ``--model`` when one was given.
+    """Map a base model name to what the embedded processes load: an alias (``hotloop up --alias
+    NAME=MODEL``), an embedded model name (tiny, small), ``accounts/x/models/<name>`` of one, or a
+    model directory under one of ``model_roots``; anything else falls back to the stack's
+    ``--model`` when one was given.
 
     Whether some other path exists on this host is never revealed: a path outside the roots gets
     the same answer whether or not it exists."""
@@ -64,6 +69,9 @@ def local_model(
         raise ApiError(400, f"{field_name}: required (a model name such as 'tiny')")
     match = _MODEL_RESOURCE.match(base_model)
     short = match.group(1) if match else base_model
+    for name in (base_model, short):
+        if aliases and name in aliases:
+            return local_model(aliases[name], f"{field_name} (alias {name!r})", None, model_roots)
     if short in SPECS:
         return short
     candidate = Path(base_model)
@@ -237,7 +245,9 @@ def list_checkpoints(job: JobRecord) -> list[dict[str, Any]]:
                     )
                 )
     if job.bucket.is_dir():
-        for manifest in sorted(job.bucket.glob("*/manifest.json")):
+        # Bare identities (BUCKET/<name>) and the trainer's per-run ones (BUCKET/<run>/<name>).
+        manifests = [*job.bucket.glob("*/manifest.json"), *job.bucket.glob("*/*/manifest.json")]
+        for manifest in sorted(manifests):
             if _through_symlink(job.bucket, manifest):
                 continue  # never read a file outside the bucket
             try:
@@ -245,11 +255,18 @@ def list_checkpoints(job: JobRecord) -> list[dict[str, Any]]:
             except (OSError, ValueError):
                 continue  # a snapshot being written or a foreign file: not a checkpoint yet
             delta = kind == "delta"
+            identity = manifest.parent.relative_to(job.bucket).as_posix()
+            run_id = identity.rpartition("/")[0]
             rows.append(
                 (
                     manifest.stat().st_mtime,
                     {
                         "name": f"{job.name}/checkpoints/{manifest.parent.name}",
+                        **(
+                            {"path": f"tinker://{run_id}/sampler_weights/{manifest.parent.name}"}
+                            if run_id
+                            else {}
+                        ),
                         "checkpointType": "CHECKPOINT_TYPE_INFERENCE_ARC_V2"
                         if delta
                         else (
@@ -258,7 +275,7 @@ def list_checkpoints(job: JobRecord) -> list[dict[str, Any]]:
                             else "CHECKPOINT_TYPE_INFERENCE_BASE"
                         ),
                         "promotable": not delta,
-                        "snapshotIdentity": manifest.parent.name,
+                        "snapshotIdentity": identity,
                     },
                 )
             )

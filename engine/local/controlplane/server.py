@@ -1,4 +1,5 @@
-"""The control plane's HTTP app: auth, the Fireworks REST subset, and the gateway routes."""
+"""The control plane's HTTP app: auth, the Fireworks REST subset (jobs, deployments, and the catalog of
+training shapes, models and promotion in engine.local.controlplane.catalog), and the gateway routes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.local.controlplane import proxy
+from engine.local.controlplane import catalog, proxy
 from engine.local.controlplane.plane import PLANE, ControlPlane
 from engine.local.controlplane.resources import ACCOUNT, ApiError, list_checkpoints
 from engine.local.http_server import ServerLimits, check_head, key_matches, new_app, read_json
@@ -120,6 +121,8 @@ def _created(status: int, kind: str, resource: Any) -> web.Response:
 async def create_job(request: web.Request) -> web.Response:
     check_account(request)
     body = await json_body(request)
+    if shape := request.query.get("trainingShape"):  # Fireworks' shape path
+        catalog.check_job_shape(shape, body)
     status, job = request.app[PLANE].create_job(_requested_id(request, body, "rlorTrainerJobId"), body)
     return _created(status, "rlorTrainerJob", job)
 
@@ -203,5 +206,6 @@ def build_app(plane: ControlPlane, api_key: str) -> web.Application:
     app.router.add_route("GET", deps + "/{deployment}", deployment_item)
     app.router.add_route("DELETE", deps + "/{deployment}", deployment_item)
     app.router.add_route("PATCH", deps + "/{deployment}", deployment_item)
+    catalog.add_routes(app, plane.root)
     proxy.add_routes(app, plane)
     return app

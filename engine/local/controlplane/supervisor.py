@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
-import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from engine.local.launch import describe_exit, url_from_line
+from engine.local.launch import url_from_line
 from engine.log import get_logger
+from engine.processes import describe_exit, die_with_parent, signal_group, stop_group
 
 log = get_logger("controlplane.supervisor")
-_PR_SET_PDEATHSIG = 1
-# Resolved in the parent: between fork and exec the child may only make the plain prctl call (no
-# dlopen, no locks another thread could hold).
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-
-
-def _child_setup() -> None:  # pragma: no cover - runs in the forked child before exec
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ChildStartError(RuntimeError):
@@ -93,7 +83,7 @@ class Child:
                 stderr=err,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_child_setup,
+                preexec_fn=die_with_parent,
             )
         log.info("child started", child=self.name, pid=self.proc.pid)
         assert self.proc.stdout is not None
@@ -133,27 +123,16 @@ class Child:
         assert self.proc is not None
         return await self.proc.wait()
 
-    def _signal_group(self, sig: int) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
-
     async def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM the child's process group, SIGKILL it after ``grace_s``."""
         if self.proc is None:
             return
-        if self.proc.returncode is None:
-            self._signal_group(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(grace_s):
-                    await self.proc.wait()
-            except TimeoutError:
-                log.warning("child ignored SIGTERM, killing", child=self.name, pid=self.proc.pid)
-                self._signal_group(signal.SIGKILL)
-                await self.proc.wait()  # after SIGKILL: the exit is immediate
-        # Anything the child forked into its group goes too, even if the leader already exited.
-        self._signal_group(signal.SIGKILL)
+        proc = self.proc
+        await stop_group(
+            proc,
+            grace_s,
+            lambda: log.warning("child ignored SIGTERM, killing", child=self.name, pid=proc.pid),
+        )
         if self._drain is not None:
             self._drain.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -164,4 +143,5 @@ class Child:
 
     def kill_now(self) -> None:
         """Synchronous last resort (interpreter exit): SIGKILL the group."""
-        self._signal_group(signal.SIGKILL)
+        if self.proc is not None:
+            signal_group(self.proc.pid, signal.SIGKILL)

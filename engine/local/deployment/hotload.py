@@ -22,7 +22,7 @@ import torch
 from engine.local.deployment.protocol import HotLoadRequest
 from engine.local.deployment.scheduler import Scheduler
 from engine.log import get_logger
-from engine.weights.snapshot import Manifest, SnapshotError, check_name, load_snapshot, read_manifest
+from engine.weights.snapshot import Manifest, SnapshotError, check_identity, load_snapshot, read_manifest
 
 log = get_logger(__name__)
 Stage = Literal["idle", "loading", "error"]
@@ -124,7 +124,7 @@ class HotLoader:
         log.info("hot-load done", identity=identity, kind=manifest.kind, seconds=round(elapsed, 3))
 
     async def _prepare_and_swap(self, req: HotLoadRequest) -> Manifest:
-        identity = check_name(req.identity)
+        identity = check_identity(req.identity)  # a bare name or <run>/<name>
         if self.bucket is None:
             raise SnapshotError("this deployment was started without --bucket")
         serving = self.current_identity

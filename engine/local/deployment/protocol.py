@@ -23,7 +23,7 @@ from engine.local.deployment.state import SeqSpec
 from engine.local.deployment.token_selection import SamplingParams
 from engine.local.inputs import BadInput, parse_json_object
 from engine.log import clip
-from engine.weights.names import SnapshotError, check_name
+from engine.weights.names import SnapshotError, check_identity
 
 MAX_N = 64
 MAX_TOP_LOGPROBS = 20
@@ -195,7 +195,7 @@ def parse_hot_load(data: dict[str, Any]) -> HotLoadRequest:
     400 now, not an error stage later."""
     req: HotLoadRequest = _validate(HotLoadRequest, data)
     try:
-        check_name(req.identity)
+        check_identity(req.identity)  # a bare name or <run>/<name>
     except SnapshotError as exc:
         raise DeploymentBadRequest("identity", str(exc)) from exc
     meta = req.incremental_snapshot_metadata

@@ -1,4 +1,5 @@
-"""aiohttp routes of the Tinker wire protocol (paths under /api/v1), plus hotloop's extensions.
+"""aiohttp routes of the Tinker wire protocol (paths under /api/v1), plus hotloop's extensions and
+Fireworks' JSON dialect and routes (engine.local.trainer.fireworks_routes).
 
 Errors: a bad request is a 4xx with ``{"detail": message}`` (the client raises it at once), found
 while executing it is a future result ``{"error", "category"}``. Retried POSTs carrying the same
@@ -25,7 +26,8 @@ from engine.local.http_server import (
     read_json,
 )
 from engine.local.inputs import BadInput
-from engine.local.trainer import runs
+from engine.local.trainer import external, fireworks_routes, runs
+from engine.local.trainer.client_errors import client_errors
 from engine.local.trainer.config import TrainerBadRequest
 from engine.local.trainer.limits import MAX_JSON_BYTES
 from engine.local.trainer.logs import LazyLogger
@@ -50,11 +52,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         check_head(request)
         return await handler(request)
-    except TrainerBadRequest as exc:
-        log.info("bad_request", path=request.path, status=exc.status, error=str(exc))
+    except TrainerBadRequest as exc:  # logged by client_errors, with every other 4xx
         return _error(exc.status, str(exc))
-    except BadInput as exc:
-        log.info("bad_request", path=request.path, status=exc.status, error=str(exc))
+    except BadInput as exc:  # logged by client_errors too
         too_large = "request body too large: " if exc.status == 413 else ""
         return _error(exc.status, f"{too_large}{exc}")
     except web.HTTPRequestEntityTooLarge as exc:
@@ -108,10 +108,11 @@ class Idempotency:
 
 def build_app(service: TrainerService) -> web.Application:
     limits = ServerLimits(max_body_bytes=service.config.max_body_bytes)
-    app = new_app(limits, middlewares=[errors, auth(service.config.api_key)])
+    app = new_app(limits, middlewares=[client_errors, errors, auth(service.config.api_key)])
     app[SERVICE] = service
     idem = Idempotency()
     svc = service
+    signer = external.UrlSigner()
 
     def work(fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Handler:
         async def handler(request: web.Request) -> web.Response:
@@ -123,7 +124,11 @@ def build_app(service: TrainerService) -> web.Application:
 
         return handler
 
-    async def forward_backward(request: web.Request) -> web.Response:
+    json_forward_backward = fireworks_routes.add_routes(app, svc, idem)
+
+    async def forward_backward(request: web.Request) -> web.StreamResponse:
+        if fireworks_routes.is_json(request):  # Fireworks' client: the same call in JSON
+            return await json_forward_backward(request)
         if (seen := idem.get(request)) is not None:
             return web.json_response(seen)
         body = await read_body(request)  # zstd/gzip decoded off the loop, bounded by max_body_bytes
@@ -160,18 +165,12 @@ def build_app(service: TrainerService) -> web.Application:
         if path == "healthz":
             return web.json_response({"status": "ok"})
         if path == "get_server_capabilities":
-            return web.json_response(
-                {
-                    "supported_models": [
-                        {
-                            "model_name": svc.config.model,
-                            "max_context_length": svc.max_length,
-                            "trainable": True,
-                            "sampleable": True,
-                        }
-                    ]
-                }
-            )
+            # One entry per name served (the model, then its aliases); tokenizer_id is hotloop's
+            # extension: the local directory holding this model's tokenizer.
+            names = [svc.config.model, *svc.config.aliases]
+            entry = {"max_context_length": svc.max_length, "trainable": True, "sampleable": True}
+            models = [{"model_name": n, **entry, "tokenizer_id": str(svc.base_path)} for n in names]
+            return web.json_response({"supported_models": models})
         if path == "client/config":
             # Stay on the client's simple paths: no JWT exchange, no session pollers, no joins.
             return web.json_response(
@@ -190,15 +189,42 @@ def build_app(service: TrainerService) -> web.Application:
     async def get_sampler(request: web.Request) -> web.Response:
         return web.json_response(svc.sampler.get(request.match_info["sampler_id"]))
 
+    # Run and checkpoint views read the disk: off the loop.
     async def training_run(request: web.Request) -> web.Response:
-        return web.json_response(runs.get_run(svc, request.match_info["run_id"]))
+        return web.json_response(await asyncio.to_thread(runs.get_run, svc, request.match_info["run_id"]))
 
     async def run_checkpoints(request: web.Request) -> web.Response:
-        return web.json_response(runs.list_checkpoints(svc, request.match_info["run_id"]))
+        listed = await asyncio.to_thread(runs.list_checkpoints, svc, request.match_info["run_id"])
+        return web.json_response(listed)
 
     async def delete_checkpoint(request: web.Request) -> web.Response:
         m = request.match_info
-        return web.json_response(runs.delete_checkpoint(svc, m["run_id"], m["kind"], m["name"]))
+        answer = await asyncio.to_thread(runs.delete_checkpoint, svc, m["run_id"], m["kind"], m["name"])
+        return web.json_response(answer)
+
+    async def checkpoint_ttl(request: web.Request) -> web.Response:
+        m, body = request.match_info, await _json(request)
+        answer = await asyncio.to_thread(runs.set_ttl, svc, m["run_id"], m["kind"], m["name"], body)
+        return web.json_response(answer)
+
+    async def external_urls(request: web.Request) -> web.Response:
+        m = request.match_info
+        root = external.export_dir(svc.state_dir, m["run_id"], m["name"])
+        origin = str(request.url.origin())
+        return web.json_response(await asyncio.to_thread(signer.urls, origin, root, m["run_id"], m["name"]))
+
+    async def external_file(request: web.Request) -> web.StreamResponse:
+        q = request.query
+        path = await asyncio.to_thread(
+            signer.resolve, svc.state_dir, request.match_info["path"], q.get("expires", ""), q.get("sig", "")
+        )
+        return web.FileResponse(path)
+
+    async def dynamic_config(request: web.Request) -> web.Response:
+        # No server-side sample cancels: abandoned samples finish and are dropped unread.
+        return web.json_response(
+            {"refresh_interval_sec": 300, "sample_cancel_enabled": False, "sample_cancel_max_batch_size": 64}
+        )
 
     async def hotloop_model(request: web.Request) -> web.Response:
         return web.json_response(svc.hotloop_model(request.match_info["model_id"]))
@@ -218,6 +244,7 @@ def build_app(service: TrainerService) -> web.Application:
 
     r = app.router
     r.add_post("/api/v1/client/config", static)
+    r.add_post("/api/v1/client/dynamic_config", dynamic_config)
     r.add_post("/api/v1/telemetry", static)
     r.add_get("/api/v1/healthz", static)
     r.add_get("/api/v1/get_server_capabilities", static)
@@ -231,6 +258,7 @@ def build_app(service: TrainerService) -> web.Application:
     r.add_post("/api/v1/save_weights", work(svc.save_weights))
     r.add_post("/api/v1/load_weights", work(svc.load_weights))
     r.add_post("/api/v1/save_weights_for_sampler", work(svc.save_weights_for_sampler))
+    r.add_post("/api/v1/save_weights_external", work(svc.save_weights_external))
     r.add_post("/api/v1/create_sampling_session", create_sampling_session)
     r.add_get("/api/v1/samplers/{sampler_id}", get_sampler)
     r.add_post("/api/v1/asample", work(svc.sampler.asample))
@@ -239,5 +267,11 @@ def build_app(service: TrainerService) -> web.Application:
     r.add_get("/api/v1/training_runs/{run_id}", training_run)
     r.add_get("/api/v1/training_runs/{run_id}/checkpoints", run_checkpoints)
     r.add_delete("/api/v1/training_runs/{run_id}/checkpoints/{kind}/{name}", delete_checkpoint)
+    r.add_put("/api/v1/training_runs/{run_id}/checkpoints/{kind}/{name}/ttl", checkpoint_ttl)
+    r.add_get(
+        "/api/v1/training_runs/{run_id}/checkpoints/external_weights/{name}/external_weights_urls",
+        external_urls,
+    )
+    r.add_get("/hotloop/files/{path:.+}", external_file)  # signed URLs: no API key
     app.cleanup_ctx.append(sweeper)
     return app

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.local.trainer.config import NotFound, TrainerBadRequest
-from engine.weights.names import SnapshotError, check_name, contained
+from engine.weights.names import SnapshotError, check_identity, check_name, contained, run_identity
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._\-]{0,200}$")
 PathKind = Literal["weights", "sampler_weights"]
@@ -54,8 +54,10 @@ def parse_tinker_path(path: str, field: str = "path") -> TinkerPath:
     run_id, kind, name = parts
     if not _RUN_ID.match(run_id) or ".." in run_id:
         raise TrainerBadRequest(f"{field}: invalid run id {run_id!r}")
-    if kind not in ("weights", "sampler_weights"):
-        raise TrainerBadRequest(f"{field}: unsupported checkpoint kind {kind!r} (weights or sampler_weights)")
+    if kind not in ("weights", "sampler_weights", "external_weights"):
+        raise TrainerBadRequest(
+            f"{field}: unsupported checkpoint kind {kind!r} (weights, sampler_weights or external_weights)"
+        )
     return TinkerPath(run_id, kind, safe_name(name, field))
 
 
@@ -152,3 +154,12 @@ def restore_optimizer(
             "exp_avg": saved[f"{name}.exp_avg"].clone(),
             "exp_avg_sq": saved[f"{name}.exp_avg_sq"].clone(),
         }
+
+
+def parent_identity(value: str, run_id: str) -> str:
+    """``parent_snapshot_identity``: a full identity (``<run>/<name>``, as ``snapshot_name`` reports
+    it) or a bare name, which means that name in this run."""
+    try:
+        return check_identity(value if "/" in value else run_identity(run_id, value))
+    except SnapshotError as exc:
+        raise TrainerBadRequest(f"parent_snapshot_identity: {exc}") from exc

@@ -35,15 +35,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: cores)")
     parser.add_argument("--poll-timeout", type=float, default=25.0, help="retrieve_future long-poll seconds")
+    parser.add_argument(
+        "--sample-batch-rows",
+        type=int,
+        default=32,
+        help="most sequences sampled together in one batch (1: one request at a time)",
+    )
+    parser.add_argument(
+        "--alias",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also serve --model under NAME, e.g. Qwen/Qwen3-8B (repeatable)",
+    )
 
 
 async def _serve(args: argparse.Namespace, api_key: str | None) -> int:
+    from engine.local.aliases import AliasError, parse_aliases
     from engine.local.trainer.config import TrainerConfig
     from engine.local.trainer.logs import LazyLogger
     from engine.local.trainer.server import TrainerServer
 
     log = LazyLogger("trainer.cli")
 
+    aliases = parse_aliases(args.alias, args.model)
+    foreign = sorted(name for name, model in aliases.items() if model != args.model)
+    if foreign:
+        raise AliasError(f"--alias {foreign}: this trainer serves only --model {args.model!r}")
     config = TrainerConfig(
         model=args.model,
         bucket=args.bucket.resolve(),
@@ -55,6 +73,8 @@ async def _serve(args: argparse.Namespace, api_key: str | None) -> int:
         seq_gap_timeout_s=args.seq_gap_timeout,
         poll_timeout_s=args.poll_timeout,
         torch_threads=args.threads,
+        aliases=tuple(aliases),
+        sample_batch_rows=max(1, args.sample_batch_rows),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,6 +93,8 @@ async def _serve(args: argparse.Namespace, api_key: str | None) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    from engine.local.aliases import AliasError
+
     try:
         api_key = resolve_key(args)
     except ConfigError as exc:
@@ -80,6 +102,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         code = asyncio.run(_serve(args, api_key))
+    except AliasError as exc:
+        print(f"hotloop serve trainer: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # e.g. the port is taken
         print(f"hotloop serve trainer: {exc}", file=sys.stderr)
         return 1

@@ -29,6 +29,15 @@ class TrainerConfig:
     # torch intra-op threads for this process (None: torch's default, one per core). One thread is
     # much faster for tiny models on a busy machine, where OpenMP spin-waits fight for the cores.
     torch_threads: int | None = None
+    # Other names this trainer answers to for its model (``--alias Qwen/Qwen3-8B``): a client asking
+    # for one gets this model, and sees the name it asked for echoed back (get_info, training runs).
+    aliases: tuple[str, ...] = ()
+    # Most sequences one batched generation runs (sample requests on the same weights are batched
+    # together); 1 serves them one at a time.
+    sample_batch_rows: int = 32
+    # Activation budget of one forward_backward micro-batch: a request over it is split into groups of
+    # datums whose gradients accumulate (exact: every loss is a sum over datums). See ``microbatch``.
+    microbatch_mb: int = 1024
 
     @property
     def resolved_state_dir(self) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,8 @@ class SampleParams:
 def parse_stop(stop: Any, eos_id: int) -> tuple[frozenset[int], tuple[str, ...]]:
     if stop is None:
         return frozenset({eos_id}), ()
+    if isinstance(stop, list) and not stop:  # Tinker: [] disables every stop, EOS included
+        return frozenset(), ()
     if isinstance(stop, str):
         return frozenset({eos_id}), (stop,)
     if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
@@ -108,8 +110,15 @@ def _topk(logp: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.inference_mode()
-def sample(module: Any, prompt: Sequence[int], p: SampleParams, tokenizer: Any | None) -> bytes:
-    """Blocking: run on the sampling thread. Returns a serialized ``SampleResponse``."""
+def sample(
+    module: Any,
+    prompt: Sequence[int],
+    p: SampleParams,
+    tokenizer: Any | None,
+    record: Callable[[list[SampledOut]], None] | None = None,
+) -> bytes:
+    """Blocking: run on the sampling thread. Returns a serialized ``SampleResponse``; ``record``, when
+    given, sees the sequences first (stability records for stable_reinforce)."""
     gen = torch.Generator()
     gen.manual_seed(p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
     n = p.num_samples
@@ -169,4 +178,6 @@ def sample(module: Any, prompt: Sequence[int], p: SampleParams, tokenizer: Any |
         )
         for i in range(n)
     ]
+    if record is not None:
+        record(seqs)
     return encode_sample_response(seqs, prompt_lp, topk_prompt)

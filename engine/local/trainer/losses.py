@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from engine.local.trainer.config import TrainerBadRequest
+from engine.local.trainer.provenance import RECORDED_LOGPROBS, SAMPLED_MASK
 
 Inputs = Mapping[str, torch.Tensor]
 Config = Mapping[str, float | str]
@@ -94,12 +95,95 @@ def cispo(logp: torch.Tensor, inputs: Inputs, config: Config) -> LossResult:
     return loss, {"loss:sum": float(loss.detach())}
 
 
+DEFAULT_DRO_BETA = 0.1
+
+
+def dro(logp: torch.Tensor, inputs: Inputs, config: Config) -> LossResult:
+    """Tinker's documented DRO: ``-sum(logp * A - beta/2 * (logp - q)^2)`` over every position,
+    with ``q`` the sampler's logprobs (``loss_fn_config['beta']``, default 0.1)."""
+    _require(inputs, "dro", "logprobs", "advantages")
+    beta = _number(config, "beta", DEFAULT_DRO_BETA)
+    if beta < 0:
+        raise TrainerBadRequest(f"loss_fn_config['beta'] must be >= 0, got {beta}")
+    quadratic = (logp - inputs["logprobs"]) ** 2
+    loss = -(logp * inputs["advantages"] - 0.5 * beta * quadratic).sum()
+    return loss, {"loss:sum": float(loss.detach())}
+
+
+def gspo(logp: torch.Tensor, inputs: Inputs, config: Config) -> LossResult:
+    """GSPO-token (Tinker's variant): each datum's sequence ratio is the geometric mean of the token
+    ratios over ``sequence_ratio_mask`` (default: the positions with a nonzero advantage); every
+    token carries that value with the gradient of its own logprob, clipped PPO-style."""
+    _require(inputs, "gspo", "logprobs", "advantages")
+    low, high = _clip_bounds(inputs, config)
+    adv = inputs["advantages"]
+    mask = inputs.get("sequence_ratio_mask")
+    in_ratio = (mask != 0) if mask is not None else (adv != 0)
+    dims = tuple(range(1, logp.dim()))
+    weight = in_ratio.to(logp.dtype)
+    count = weight.sum(dim=dims, keepdim=True)
+    log_ratio = ((logp.detach() - inputs["logprobs"]) * weight).sum(dim=dims, keepdim=True) / count.clamp(
+        min=1
+    )
+    ratio = torch.exp(log_ratio + logp - logp.detach())
+    clipped = _clamp(ratio, low, high)
+    loss = -torch.minimum(ratio * adv, clipped * adv).sum()
+    seqs = max(int((count > 0).sum()), 1)
+    clipped_seqs = float(((clipped != ratio).any(dim=dims, keepdim=True) & (count > 0)).sum()) / seqs
+    return loss, {"loss:sum": float(loss.detach()), "clip_fraction:mean": clipped_seqs}
+
+
+DEFAULT_RATIO_CAP = 2.0
+_STABLE_REINFORCE_KEYS = {"kl_coeff", "ratio_cap"}
+
+
+def stable_reinforce(logp: torch.Tensor, inputs: Inputs, config: Config) -> LossResult:
+    """hotloop's StableReinforce (Tinker has not published its objective; see the README): REINFORCE on
+    the sampled tokens, importance-corrected by what the *sampler recorded* at sampling time (not the
+    client's ``logprobs``), with the weight truncated at ``ratio_cap`` and held constant:
+
+        loss = -sum_t m_t * sg[min(p_t / q_t, C)] * A_t * log p_t  +  kl_coeff * sum_t m_t * k3_t
+
+    ``q_t`` the recorded sampler logprob, ``m_t`` 1 on sampled positions (from provenance), ``k3_t =
+    r - 1 - log r`` with ``r = p_t / q_t`` (an unbiased, nonnegative estimate of KL(q || p))."""
+    unknown = sorted(set(config) - _STABLE_REINFORCE_KEYS)
+    if unknown:
+        raise TrainerBadRequest(
+            f"loss_fn_config: unknown key(s) {unknown} for stable_reinforce "
+            f"(known: {sorted(_STABLE_REINFORCE_KEYS)})"
+        )
+    _require(inputs, "stable_reinforce", "advantages", RECORDED_LOGPROBS, SAMPLED_MASK)
+    kl_coeff = _number(config, "kl_coeff", 0.0)
+    cap = _number(config, "ratio_cap", DEFAULT_RATIO_CAP)
+    if kl_coeff < 0 or cap <= 0:
+        raise TrainerBadRequest(f"need kl_coeff >= 0 and ratio_cap > 0, got {kl_coeff}, {cap}")
+    mask, q = inputs[SAMPLED_MASK], inputs[RECORDED_LOGPROBS]
+    log_r = (logp - q) * mask
+    ratio = torch.exp(log_r)
+    weight = torch.clamp(ratio, max=cap).detach()
+    pg = -(mask * weight * inputs["advantages"] * logp).sum()
+    k3 = (ratio - 1 - log_r) * mask
+    loss = pg + kl_coeff * k3.sum()
+    n = max(float(mask.sum()), 1.0)
+    return loss, {
+        "loss:sum": float(loss.detach()),
+        "importance_weight:mean": float((weight * mask).sum()) / n,
+        "truncated_fraction:mean": float(((ratio.detach() > cap) & (mask > 0)).sum()) / n,
+        "kl_sampler_trainer:mean": float(k3.detach().sum()) / n,
+    }
+
+
 LOSSES: dict[str, Callable[[torch.Tensor, Inputs, Config], LossResult]] = {
     "cross_entropy": cross_entropy,
     "importance_sampling": importance_sampling,
     "ppo": ppo,
     "cispo": cispo,
+    "dro": dro,
+    "gspo": gspo,
+    "stable_reinforce": stable_reinforce,
 }
+# Losses that read the sampler's stability records through the datums' provenance.
+NEEDS_STABILITY_RECORDS = {"stable_reinforce"}
 
 
 def get_loss(name: str) -> Callable[[torch.Tensor, Inputs, Config], LossResult]:

@@ -18,6 +18,7 @@ import torch
 from engine.local.trainer import checkpoints
 from engine.local.trainer.config import TrainerBadRequest
 from engine.local.trainer.losses import get_loss
+from engine.local.trainer.microbatch import merge_metrics, microbatches
 from engine.local.trainer.proto import DatumIn
 
 _ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -94,6 +95,8 @@ class ModelState:
     # meta): a delta against it materializes the parent from the bucket.
     last_snapshot_name: str | None = None
     created: float = field(default_factory=time.time)
+    # Activation budget of one forward_backward micro-batch (see ``microbatch``).
+    microbatch_bytes: int = 1 << 30
 
     @property
     def is_lora(self) -> bool:
@@ -120,7 +123,6 @@ class ModelState:
     ) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
         loss = get_loss(loss_fn)
         lengths = [d.tokens.size for d in data]
-        batch, width = len(data), max(lengths)
         if any("target_tokens" not in d.inputs for d in data):
             raise TrainerBadRequest("every datum needs loss_fn_inputs['target_tokens']")
         trailing = {d.inputs["target_tokens"].shape[1:] for d in data}
@@ -129,26 +131,58 @@ class ModelState:
                 "target_tokens must have the same trailing shape [T] or [T, K] in every datum"
             )
         (tail,) = trailing
-        names = set().union(*(d.inputs for d in data))
+        names = set().union(*(d.inputs for d in data)) - {"target_tokens"}
+        # Checked for the whole request before any micro-batch runs its backward.
+        for d in data:
+            for name in names:
+                if name not in d.inputs:
+                    raise TrainerBadRequest(f"loss_fn_inputs[{name!r}] must be given for every datum or none")
+                if d.inputs[name].shape[1:] != tail:
+                    raise TrainerBadRequest(f"loss_fn_inputs[{name!r}] must have the shape of target_tokens")
+        cfg = self.module.config
+        groups = microbatches(
+            lengths,
+            self.microbatch_bytes,
+            int(cfg.num_hidden_layers),
+            int(cfg.num_attention_heads),
+            int(cfg.vocab_size),
+        )
+        outputs: list[dict[str, np.ndarray]] = []
+        parts: list[tuple[int, dict[str, float]]] = []
+        for group in groups:
+            chunk = [data[i] for i in group]
+            outs, metrics = self._forward_backward(chunk, names, tail, loss, config, not forward_only)
+            outputs += outs
+            parts.append((len(chunk), metrics))
+        metrics = merge_metrics(parts)
+        metrics["num_tokens:sum"] = float(sum(lengths))
+        return outputs, metrics
+
+    def _forward_backward(
+        self,
+        data: Sequence[DatumIn],
+        names: set[str],
+        tail: tuple[int, ...],
+        loss: Any,
+        config: dict[str, float | str],
+        grad: bool,
+    ) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
+        """One micro-batch; gradients accumulate into the parameters' ``.grad``."""
+        lengths = [d.tokens.size for d in data]
+        batch, width = len(data), max(lengths)
         # Right padding needs no attention mask: causal attention never looks ahead to the pads,
         # and pads carry zero weights/advantages.
         ids = np.zeros((batch, width), np.int64)
-        padded = {n: np.zeros((batch, width, *tail), np.float32) for n in names - {"target_tokens"}}
+        padded = {n: np.zeros((batch, width, *tail), np.float32) for n in names}
         targets = np.zeros((batch, width, *tail), np.int64)
         for b, d in enumerate(data):
             n = lengths[b]
             ids[b, :n] = d.tokens
             targets[b, :n] = d.inputs["target_tokens"]
             for name in padded:
-                if name not in d.inputs:
-                    raise TrainerBadRequest(f"loss_fn_inputs[{name!r}] must be given for every datum or none")
-                arr = d.inputs[name]
-                if arr.shape[1:] != tail:
-                    raise TrainerBadRequest(f"loss_fn_inputs[{name!r}] must have the shape of target_tokens")
-                padded[name][b, :n] = arr
+                padded[name][b, :n] = d.inputs[name]
         inputs = {n: torch.from_numpy(v) for n, v in padded.items()}
         tgt = torch.from_numpy(targets)
-        grad = not forward_only
         with torch.set_grad_enabled(grad):
             logits = self.module(input_ids=torch.from_numpy(ids), use_cache=False).logits
             logsm = torch.log_softmax(logits.float(), dim=-1)
@@ -161,9 +195,7 @@ class ModelState:
             if grad:
                 value.backward()
         out_lp = logp.detach().numpy()
-        outputs = [{"logprobs": np.ascontiguousarray(out_lp[b, : lengths[b]])} for b in range(batch)]
-        metrics["num_tokens:sum"] = float(sum(lengths))
-        return outputs, metrics
+        return [{"logprobs": np.ascontiguousarray(out_lp[b, : lengths[b]])} for b in range(batch)], metrics
 
     def optim_step(self, hp: AdamHyper) -> dict[str, float]:
         opt = self._optimizer()

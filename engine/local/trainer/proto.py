@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -17,6 +17,7 @@ from tinker.proto import tinker_public_pb2 as pb
 
 from engine.local.trainer import limits
 from engine.local.trainer.config import TrainerBadRequest
+from engine.local.trainer.provenance import Span, decode_spans
 from engine.log import clip
 
 _NP_DTYPE: dict[int, np.dtype[Any]] = {
@@ -52,6 +53,9 @@ INPUT_DTYPES: dict[str, str] = {
 class DatumIn:
     tokens: np.ndarray  # int64 [T]
     inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    # Provenance (Datum.with_provenance), when the client attached it.
+    input_spans: list[Span] | None = None
+    target_spans: list[Span] | None = None
 
 
 @dataclass
@@ -62,6 +66,51 @@ class FwdBwdRequest:
     loss_fn_config: dict[str, float | str]
     forward_only: bool
     data: list[DatumIn]
+    # The dialect the request came in, and so the one its result goes back in: tinker's protobuf, or
+    # Fireworks' JSON (engine.local.trainer.json_dialect).
+    dialect: Literal["proto", "json"] = "proto"
+
+
+def reserve_sparse(shape: list[int], where: str, rows: int, budget: list[int]) -> None:
+    """Check a sparse tensor's dense shape and take its element count from ``budget`` (both
+    dialects: what a sparse tensor densifies to is not bounded by its bytes on the wire)."""
+    elements = limits.check_shape(shape, where, rows)
+    if elements > budget[0]:
+        raise TrainerBadRequest(
+            f"{where}: sparse shape {shape} densifies to {elements} elements; this request may "
+            f"densify {budget[0]} more (dense tensors carry their own bytes)"
+        )
+    budget[0] -= elements
+
+
+def densify_csr(
+    values: np.ndarray, crow: np.ndarray, col: np.ndarray, shape: list[int], where: str
+) -> np.ndarray:
+    """A 2-D CSR tensor as a dense array, its indices checked first (shape already reserved)."""
+    if (
+        crow.size != shape[0] + 1
+        or col.size != values.size
+        or (crow.size and (crow[0] != 0 or crow[-1] != values.size or np.any(np.diff(crow) < 0)))
+    ):
+        raise TrainerBadRequest(f"{where}: inconsistent sparse CSR indices for shape {shape}")
+    if col.size and (col.min() < 0 or col.max() >= shape[1]):
+        raise TrainerBadRequest(f"{where}: sparse CSR column index out of range for shape {shape}")
+    dense = np.zeros(shape, dtype=values.dtype)
+    dense[np.repeat(np.arange(shape[0]), np.diff(crow)), col] = values
+    return dense
+
+
+def check_datum_inputs(i: int, tokens: np.ndarray, inputs: Mapping[str, np.ndarray]) -> None:
+    """Per-name dtype and one row per model_input token (both dialects)."""
+    for name, arr in inputs.items():
+        want = INPUT_DTYPES.get(name)
+        if want is not None and arr.dtype != np.dtype(want):
+            raise TrainerBadRequest(f"data[{i}].loss_fn_inputs[{name!r}] must be {want}, got {arr.dtype}")
+        if arr.ndim == 0 or arr.ndim > 2 or arr.shape[0] != tokens.size:
+            raise TrainerBadRequest(
+                f"data[{i}].loss_fn_inputs[{name!r}] has shape {list(arr.shape)}; expected "
+                f"[{tokens.size}] or [{tokens.size}, K] (one row per model_input token)"
+            )
 
 
 def _tensor(msg: pb.Tensor, where: str, rows: int, budget: list[int]) -> np.ndarray:
@@ -78,30 +127,14 @@ def _tensor(msg: pb.Tensor, where: str, rows: int, budget: list[int]) -> np.ndar
         csr = msg.sparse_csr
         if len(shape) != 2:
             raise TrainerBadRequest(f"{where}: a sparse CSR tensor must be 2-D, got shape {shape}")
-        elements = limits.check_shape(shape, where, rows)
-        if elements > budget[0]:
-            raise TrainerBadRequest(
-                f"{where}: sparse shape {shape} densifies to {elements} elements; this request may "
-                f"densify {budget[0]} more (dense tensors carry their own bytes)"
-            )
-        budget[0] -= elements
+        reserve_sparse(shape, where, rows, budget)
         try:
             values = np.frombuffer(csr.values, dtype=np_dtype)
             crow = np.frombuffer(csr.crow_indices, dtype=np.int64)
             col = np.frombuffer(csr.col_indices, dtype=np.int64)
         except ValueError as exc:
             raise TrainerBadRequest(f"{where}: sparse CSR buffers are not whole elements ({exc})") from exc
-        if (
-            crow.size != shape[0] + 1
-            or col.size != values.size
-            or (crow.size and (crow[0] != 0 or crow[-1] != values.size or np.any(np.diff(crow) < 0)))
-        ):
-            raise TrainerBadRequest(f"{where}: inconsistent sparse CSR indices for shape {shape}")
-        if col.size and (col.min() < 0 or col.max() >= shape[1]):
-            raise TrainerBadRequest(f"{where}: sparse CSR column index out of range for shape {shape}")
-        dense = np.zeros(shape, dtype=np_dtype)
-        dense[np.repeat(np.arange(shape[0]), np.diff(crow)), col] = values
-        return dense
+        return densify_csr(values, crow, col, shape, where)
     try:
         arr = np.frombuffer(msg.dense, dtype=np_dtype)
     except ValueError as exc:
@@ -150,16 +183,10 @@ def decode_forward_backward(body: bytes) -> FwdBwdRequest:
             k: _tensor(t, f"data[{i}].loss_fn_inputs[{clip(k, 40)}]", tokens.size, budget)
             for k, t in d.loss_fn_inputs.items()
         }
-        for name, arr in inputs.items():
-            want = INPUT_DTYPES.get(name)
-            if want is not None and arr.dtype != np.dtype(want):
-                raise TrainerBadRequest(f"data[{i}].loss_fn_inputs[{name!r}] must be {want}, got {arr.dtype}")
-            if arr.ndim == 0 or arr.ndim > 2 or arr.shape[0] != tokens.size:
-                raise TrainerBadRequest(
-                    f"data[{i}].loss_fn_inputs[{name!r}] has shape {list(arr.shape)}; expected "
-                    f"[{tokens.size}] or [{tokens.size}, K] (one row per model_input token)"
-                )
-        data.append(DatumIn(tokens=tokens, inputs=inputs))
+        check_datum_inputs(i, tokens, inputs)
+        input_spans = decode_spans(d.model_input_spans, f"data[{i}].model_input_spans", tokens.size)
+        target_spans = decode_spans(d.loss_fn_input_spans, f"data[{i}].loss_fn_input_spans", tokens.size)
+        data.append(DatumIn(tokens=tokens, inputs=inputs, input_spans=input_spans, target_spans=target_spans))
     return FwdBwdRequest(
         model_id=msg.model_id,
         seq_id=limits.check_seq_id(int(msg.seq_id)),

@@ -1,8 +1,13 @@
-"""The REST view of training runs and their save_state checkpoints (what the cookbook's resume and
-rolling-checkpoint paths call): get a run, list its checkpoints, delete one.
+"""The REST view of training runs and their checkpoints (what the cookbook's resume, rolling-checkpoint
+and weights-download paths call): get a run, list its checkpoints, delete one, set a TTL.
 
-Sampler snapshots are not listed or deleted here: the bucket is hotloop's weight-sync channel and a
-delta chain must not lose a parent behind the deployment's back.
+A run's checkpoints: ``weights/<name>`` (save_state, under the state dir), ``sampler_weights/<name>``
+(the run's folder of the bucket) and ``external_weights/<name>`` (exports). Sampler snapshots are
+listed but never deleted here: the bucket is hotloop's weight-sync channel and a delta chain must
+not lose a parent behind the deployment's back. A TTL is recorded and answered, not enforced: the
+embedded trainer keeps what it wrote until it is deleted.
+
+Every function here touches the filesystem: the app runs them off the event loop.
 """
 
 from __future__ import annotations
@@ -10,75 +15,164 @@ from __future__ import annotations
 import json
 import shutil
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.local.trainer import checkpoints
+from engine.local.trainer import checkpoints, external
 from engine.local.trainer.config import NotFound, TrainerBadRequest
+from engine.local.trainer.metadata import read_run_record, read_user_metadata
+from engine.weights.names import SnapshotError, check_name, contained
+from engine.weights.snapshot import MANIFEST
 
 if TYPE_CHECKING:
     from engine.local.trainer.service import TrainerService
+
+_TYPES = {"weights": "training", "sampler_weights": "sampler", external.KIND: "external"}
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def _checkpoint(run_id: str, name: str, target: Any) -> dict[str, Any]:
-    stat = (target / "meta.json").stat()
+def _size(target: Path) -> int:
+    return sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+
+
+def _checkpoint(run_id: str, kind: str, name: str, target: Path, marker: str) -> dict[str, Any]:
+    if kind == "weights":
+        try:
+            user_metadata = json.loads((target / "meta.json").read_text()).get("user_metadata")
+        except (OSError, ValueError, AttributeError):
+            user_metadata = None
+    else:
+        user_metadata = read_user_metadata(target)
     return {
-        "checkpoint_id": f"weights/{name}",
-        "checkpoint_type": "training",
-        "time": _iso(stat.st_mtime),
-        "tinker_path": f"tinker://{run_id}/weights/{name}",
-        "size_bytes": sum(f.stat().st_size for f in target.iterdir()),
+        "checkpoint_id": f"{kind}/{name}",
+        "checkpoint_type": _TYPES[kind],
+        "time": _iso((target / marker).stat().st_mtime),
+        "tinker_path": f"tinker://{run_id}/{kind}/{name}",
+        "size_bytes": _size(target),
         "public": False,
+        "user_metadata": user_metadata,
     }
 
 
+def _valid_name(name: str) -> bool:
+    try:
+        check_name(name)
+    except SnapshotError:
+        return False  # a staging directory (".name.xyz") or a foreign file
+    return True
+
+
+def _found(root: Path, marker: str) -> list[Path]:
+    if not root.is_dir():
+        return []
+    found = [
+        p for p in root.iterdir() if _valid_name(p.name) and not p.is_symlink() and (p / marker).is_file()
+    ]
+    return sorted(found, key=lambda p: (p / marker).stat().st_mtime)
+
+
+def _run_root(svc: TrainerService, run_id: str) -> Path:
+    return checkpoints.state_path(svc.state_dir, run_id, "x").parent.parent  # validates the run id
+
+
+def _bucket_run(svc: TrainerService, run_id: str) -> Path:
+    """The run's folder of the bucket, refused if a symlink would lead out of the bucket."""
+    _run_root(svc, run_id)
+    try:
+        return contained(svc.config.bucket, run_id)
+    except SnapshotError as exc:
+        raise TrainerBadRequest(f"run {run_id}: {exc}") from exc
+
+
 def list_checkpoints(svc: TrainerService, run_id: str) -> dict[str, Any]:
-    root = checkpoints.state_path(svc.state_dir, run_id, "x").parent
-    found = (
-        sorted(p for p in root.glob("*") if not p.is_symlink() and (p / "meta.json").is_file())
-        if root.exists()
-        else []
-    )
-    found.sort(key=lambda p: (p / "meta.json").stat().st_mtime)
-    return {"checkpoints": [_checkpoint(run_id, p.name, p) for p in found], "cursor": None}
+    run_root = _run_root(svc, run_id)
+    rows = [
+        _checkpoint(run_id, "weights", p.name, p, "meta.json")
+        for p in _found(run_root / "weights", "meta.json")
+    ]
+    rows += [
+        _checkpoint(run_id, "sampler_weights", p.name, p, MANIFEST)
+        for p in _found(_bucket_run(svc, run_id), MANIFEST)
+    ]
+    exports = run_root / external.KIND
+    if exports.is_dir():
+        rows += [
+            _checkpoint(run_id, external.KIND, p.name, p, ".")
+            for p in sorted(exports.iterdir())
+            if _valid_name(p.name) and p.is_dir() and not p.is_symlink()
+        ]
+    rows.sort(key=lambda r: r["time"])
+    return {"checkpoints": rows, "cursor": None}
 
 
 def get_run(svc: TrainerService, run_id: str) -> dict[str, Any]:
     listed = list_checkpoints(svc, run_id)["checkpoints"]
     entry = svc.models.get(run_id)
+    record = read_run_record(_run_root(svc, run_id))
+    training = [c for c in listed if c["checkpoint_type"] == "training"]
+    sampler = [c for c in listed if c["checkpoint_type"] == "sampler"]
     if entry is not None:
         rank = entry.lora.rank
-    elif listed:
+    elif record is not None:
+        rank = int(record.get("lora_rank") or 0)
+    elif training:
         last = checkpoints.state_path(
-            svc.state_dir, run_id, listed[-1]["checkpoint_id"].removeprefix("weights/")
+            svc.state_dir, run_id, training[-1]["checkpoint_id"].removeprefix("weights/")
         )
         meta = json.loads((last / "meta.json").read_text())
         rank = int(meta.get("lora", {}).get("rank", 0))
     else:
         raise NotFound(f"unknown training run {run_id!r}")
+    if entry is not None and entry.base_model_name:
+        base_model = entry.base_model_name
+    else:
+        base_model = str((record or {}).get("base_model") or svc.config.model)
+    user_metadata = entry.user_metadata if entry is not None else (record or {}).get("user_metadata")
+    created = entry.created if entry is not None else float((record or {}).get("created") or 0.0)
     return {
         "training_run_id": run_id,
-        "base_model": svc.config.model,
+        "base_model": base_model,
         "model_owner": "local",
         "is_lora": rank > 0,
         "lora_rank": rank or None,
         "corrupted": False,
-        "last_request_time": listed[-1]["time"] if listed else _iso(entry.created if entry else 0.0),
-        "last_checkpoint": listed[-1] if listed else None,
-        "last_sampler_checkpoint": None,
+        "last_request_time": listed[-1]["time"] if listed else _iso(created),
+        "last_checkpoint": training[-1] if training else None,
+        "last_sampler_checkpoint": sampler[-1] if sampler else None,
+        "user_metadata": user_metadata,
     }
 
 
+def _target(svc: TrainerService, run_id: str, kind: str, name: str) -> Path:
+    if kind == "weights":
+        return checkpoints.state_path(svc.state_dir, run_id, name)
+    if kind == external.KIND:
+        return external.export_dir(svc.state_dir, run_id, name)
+    raise TrainerBadRequest(
+        f"only weights/ and {external.KIND}/ checkpoints can be deleted here, not {kind}/ "
+        "(weight sync owns sampler snapshots)"
+    )
+
+
 def delete_checkpoint(svc: TrainerService, run_id: str, kind: str, name: str) -> dict[str, Any]:
-    if kind != "weights":
-        raise TrainerBadRequest(
-            f"only weights/ checkpoints can be deleted here, not {kind}/ (weight sync owns those)"
-        )
-    target = checkpoints.state_path(svc.state_dir, run_id, name)  # no symlink below the state dir
-    if not (target / "meta.json").exists():
-        raise NotFound(f"checkpoint tinker://{run_id}/weights/{name} not found")
+    target = _target(svc, run_id, kind, name)
+    if not target.is_dir():
+        raise NotFound(f"checkpoint tinker://{run_id}/{kind}/{name} not found")
     shutil.rmtree(target)  # rmtree itself never follows symlinks found inside
+    return {}
+
+
+def set_ttl(svc: TrainerService, run_id: str, kind: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    ttl = body.get("ttl_seconds")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1):
+        raise TrainerBadRequest(f"ttl_seconds must be a positive integer or null, got {ttl!r}")
+    if kind == "sampler_weights":
+        target = _bucket_run(svc, run_id) / checkpoints.safe_name(name)
+    else:
+        target = _target(svc, run_id, kind, name)
+    if not target.is_dir():
+        raise NotFound(f"checkpoint tinker://{run_id}/{kind}/{name} not found")
     return {}

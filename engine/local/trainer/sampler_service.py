@@ -19,14 +19,19 @@ from typing import Any
 import torch
 
 from engine.local.trainer import checkpoints, params
+from engine.local.trainer.batched_generation import SampleJob, batchable, sample_many
 from engine.local.trainer.config import NotFound, TrainerBadRequest
 from engine.local.trainer.futures import FutureStore, Outcome
 from engine.local.trainer.generation import ModuleCache, SamplingSession, sample
+from engine.local.trainer.logs import LazyLogger
 from engine.local.trainer.models import ModelState
-from engine.local.trainer.ordering import run_guarded
-from engine.weights.snapshot import SnapshotError, materialize
+from engine.local.trainer.proto import SampledOut
+from engine.local.trainer.provenance import StabilityRecords
+from engine.weights.snapshot import SnapshotError, materialize, run_identity
 
+log = LazyLogger("trainer.sampler")
 MAX_PENDING_SAMPLES = 512
+BATCH_GATHER_S = 0.005
 # Each ephemeral sampling session pins a full copy of the weights; keep the most recent ones.
 MAX_EPHEMERAL_SESSIONS = 32
 
@@ -43,6 +48,14 @@ class SampledModel:
     vocab_size: int
     max_length: int
     eos_id: int
+    pad_id: int = 0  # left padding of batched sampling (masked out)
+
+
+@dataclass(frozen=True)
+class _Queued:
+    request_id: str
+    session: SamplingSession
+    job: SampleJob
 
 
 class SamplerService:
@@ -57,9 +70,11 @@ class SamplerService:
         session_id_of: Callable[[Any], str],
         check_base_model: Callable[[Any], str],
         background: Callable[[Coroutine[Any, Any, None]], None],
+        batch_rows: int = 32,
     ) -> None:
         """``session_id_of`` validates a client's session id (raising NotFound/Gone);
-        ``check_base_model`` a requested base model; ``background`` runs a coroutine on the loop."""
+        ``check_base_model`` a requested base model; ``background`` runs a coroutine on the loop;
+        ``batch_rows`` caps the sequences one batched generation runs (1: one request at a time)."""
         self.tokenizer = tokenizer
         self.model = model
         self.bucket = bucket
@@ -74,6 +89,12 @@ class SamplerService:
         self._lock = threading.Lock()
         self._ephemeral: OrderedDict[str, None] = OrderedDict()
         self.pending = 0
+        self.batch_rows = batch_rows
+        # What samples with record_stability_info recorded, for stable_reinforce (see provenance).
+        self.records = StabilityRecords()
+        # Admitted sample requests not yet running (loop-confined), drained in batches.
+        self._queue: list[_Queued] = []
+        self._draining = False
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -103,18 +124,19 @@ class SamplerService:
             for sid in [k for k, v in self.sessions.items() if v.session_id == session_id]:
                 del self.sessions[sid]
                 self._ephemeral.pop(sid, None)
+        self.records.drop_session(session_id)
 
-    def _snapshot(self, name: str) -> dict[str, torch.Tensor]:
+    def _snapshot(self, identity: str) -> dict[str, torch.Tensor]:
         with self._lock:
-            if name in self._snapshots:
-                self._snapshots.move_to_end(name)
-                return self._snapshots[name]
+            if identity in self._snapshots:
+                self._snapshots.move_to_end(identity)
+                return self._snapshots[identity]
         try:
-            _, weights = materialize(self.bucket, name)
+            _, weights = materialize(self.bucket, identity)
         except SnapshotError as exc:
-            raise NotFound(f"sampler snapshot {name!r}: {exc}") from exc
+            raise NotFound(f"sampler snapshot {identity!r}: {exc}") from exc
         with self._lock:
-            self._snapshots[name] = weights
+            self._snapshots[identity] = weights
             while len(self._snapshots) > 4:
                 self._snapshots.popitem(last=False)
         return weights
@@ -133,8 +155,9 @@ class SamplerService:
                 )
             # Not on self.executor: behind up to MAX_PENDING_SAMPLES queued samples, the client's
             # create_sampling_session would time out. _snapshot is thread-safe (its cache is locked).
-            weights = await asyncio.to_thread(self._snapshot, tp.name)
-            key = f"snapshot:{tp.name}"
+            identity = run_identity(tp.run_id, tp.name)  # snapshots are kept per run
+            weights = await asyncio.to_thread(self._snapshot, identity)
+            key = f"snapshot:{identity}"
         else:
             self._check_base_model(body.get("base_model"))
         s = SamplingSession(
@@ -166,21 +189,71 @@ class SamplerService:
         if self.pending >= MAX_PENDING_SAMPLES:
             raise Backpressure(f"{self.pending} samples pending; retry later")
         rid = self.store.create("sample")
+        sequence_ids = [f"{rid}:{i}" for i in range(p.num_samples)]
+        record = None
+        if body.get("record_stability_info"):
 
-        def run() -> Outcome:
-            module = self.modules.get(s.weights_key, s.weights)
-            return Outcome(proto=sample(module, prompt, p, self.tokenizer))
+            def record(seqs: list[SampledOut]) -> None:
+                for sequence_id, seq in zip(sequence_ids, seqs, strict=True):
+                    self.records.put(sequence_id, s.session_id, prompt, seq.tokens, seq.logprobs)
 
-        async def go() -> None:
-            try:
-                loop = asyncio.get_running_loop()
-                outcome = await loop.run_in_executor(self.executor, run_guarded(run, "sample"))
-            finally:
-                self.pending -= 1
-            self.store.resolve(rid, outcome)
-
-        # Counted at admission, not when the task first runs: a burst in one loop turn must not
-        # slip past the bound.
+        # Counted at admission, not when it first runs: a burst in one loop turn must not slip past
+        # the bound.
         self.pending += 1
-        self._background(go())
-        return {"request_id": rid, "sample_sequence_ids": [f"{rid}:{i}" for i in range(p.num_samples)]}
+        self._queue.append(_Queued(rid, s, SampleJob(prompt, p, record)))
+        if not self._draining:
+            self._draining = True
+            self._background(self._drain())
+        return {"request_id": rid, "sample_sequence_ids": sequence_ids}
+
+    def _next_batch(self) -> list[_Queued]:
+        """Loop-confined: the oldest request, plus queued ones on the same weights up to the row cap."""
+        first = self._queue[0]
+        batch, rows = [first], first.job.params.num_samples
+        if self.batch_rows > 1 and batchable(first.job.params):
+            for item in self._queue[1:]:
+                n = item.job.params.num_samples
+                same = item.session.weights_key == first.session.weights_key
+                if same and batchable(item.job.params) and rows + n <= self.batch_rows:
+                    batch.append(item)
+                    rows += n
+        taken = {id(item) for item in batch}
+        self._queue = [item for item in self._queue if id(item) not in taken]
+        return batch
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                lone = len(self._queue) == 1 and batchable(self._queue[0].job.params)
+                if lone and self.batch_rows > 1:
+                    # A rollout loop's requests arrive as a burst over many connections: give the
+                    # rest of it a moment to join the first batch (a lone request waits 5 ms).
+                    await asyncio.sleep(BATCH_GATHER_S)
+                batch = self._next_batch()
+                try:
+                    outcomes = await loop.run_in_executor(self.executor, self._run_batch, batch)
+                finally:
+                    self.pending -= len(batch)
+                for item, outcome in zip(batch, outcomes, strict=True):
+                    self.store.resolve(item.request_id, outcome)
+        finally:
+            self._draining = False
+
+    def _run_batch(self, batch: list[_Queued]) -> list[Outcome]:
+        """Blocking (sampling thread): one outcome per request; a failure fails the whole batch."""
+        session = batch[0].session
+
+        def run() -> list[Outcome]:
+            module = self.modules.get(session.weights_key, session.weights)
+            if len(batch) == 1 and (self.batch_rows == 1 or not batchable(batch[0].job.params)):
+                job = batch[0].job
+                return [Outcome(proto=sample(module, job.prompt, job.params, self.tokenizer, job.record))]
+            answers = sample_many(module, [item.job for item in batch], self.tokenizer, self.model.pad_id)
+            return [Outcome(proto=a) for a in answers]
+
+        try:
+            return run()
+        except Exception as exc:  # a bug must fail these requests, not the sampler
+            log.exception("sample_failed", requests=len(batch))
+            return [Outcome.error(f"sample failed: {type(exc).__name__}: {exc}", "server") for _ in batch]

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.local.trainer import checkpoints, limits, params
+from engine.local.trainer import checkpoints, external, limits, params, provenance
 from engine.local.trainer.config import Gone, NotFound, TrainerBadRequest, TrainerConfig
+from engine.local.trainer.fireworks_routes import resolve_state
 from engine.local.trainer.futures import FutureStore, Outcome
+from engine.local.trainer.json_dialect import encode_json_forward
 from engine.local.trainer.logs import LazyLogger
-from engine.local.trainer.losses import get_loss
+from engine.local.trainer.losses import NEEDS_STABILITY_RECORDS, get_loss
+from engine.local.trainer.metadata import parse_user_metadata, read_run_record, write_run_record
 from engine.local.trainer.models import LoraSpec, ModelState, build_module, check_tokens
 from engine.local.trainer.ordering import OrderedQueue, run_guarded
 from engine.local.trainer.proto import FwdBwdRequest, decode_forward_backward, encode_forward_backward
@@ -48,6 +51,9 @@ class ModelEntry:
     lora: LoraSpec
     state: ModelState | None = None  # set on the worker thread once created
     created: float = field(default_factory=time.time)
+    # The base model name the client created it with (the served model or one of its aliases).
+    base_model_name: str = ""
+    user_metadata: dict[str, str] | None = None
 
     def require_state(self) -> ModelState:
         if self.state is None:
@@ -64,18 +70,21 @@ class TrainerService:
         self.vocab_size = int(base.config.vocab_size)
         self.max_length = int(base.config.max_position_embeddings)
         self.eos_id = int(tokenizer.eos_token_id) if tokenizer.eos_token_id is not None else 2
+        # Left padding of batched sampling (masked out, so any id works; the tokenizer's if it has one).
+        self.pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else 0
         self.store = FutureStore(config.future_ttl_s, config.delivered_grace_s)
         self.sessions: dict[str, Session] = {}
         self.models: dict[str, ModelEntry] = {}
         self.sampler = SamplerService(
             base,
             tokenizer,
-            SampledModel(config.model, self.vocab_size, self.max_length, self.eos_id),
+            SampledModel(config.model, self.vocab_size, self.max_length, self.eos_id, self.pad_id),
             config.bucket,
             self.store,
             session_id_of=lambda session_id: self.session(session_id).session_id,
             check_base_model=self.check_base_model,
             background=self.background,
+            batch_rows=config.sample_batch_rows,
         )
         self.state_dir = config.resolved_state_dir
         self._tasks: set[asyncio.Task[None]] = set()
@@ -89,7 +98,15 @@ class TrainerService:
     # --- identity ---------------------------------------------------------------------------------
 
     def model_names(self) -> set[str]:
-        return {self.config.model, str(self.base_path), self.base_path.name}
+        # Fireworks users' scripts name base models by resource name (accounts/fireworks/models/<m>).
+        fireworks_name = f"accounts/fireworks/models/{self.config.model}"
+        return {
+            self.config.model,
+            str(self.base_path),
+            self.base_path.name,
+            fireworks_name,
+            *self.config.aliases,
+        }
 
     def check_base_model(self, name: Any, field_name: str = "base_model") -> str:
         if name not in self.model_names():
@@ -179,19 +196,33 @@ class TrainerService:
             module=build_module(self.base, lora),
             vocab_size=self.vocab_size,
             max_length=self.max_length,
+            microbatch_bytes=self.config.microbatch_mb << 20,
         )
         entry.state = state
         return state
+
+    def _record_run(self, entry: ModelEntry) -> None:
+        """Blocking (model thread): the run record that outlives the model (see ``metadata``)."""
+        write_run_record(
+            self.state_dir / entry.model_id,
+            entry.model_id,
+            entry.base_model_name,
+            entry.lora.rank,
+            entry.user_metadata,
+        )
 
     def create_model(self, body: dict[str, Any]) -> dict[str, Any]:
         session = self.session(body.get("session_id"))
         base_model = self.check_base_model(body.get("base_model"))
         lora = params.lora_spec(body)
         params.optimizer_config(body)
+        user_metadata = parse_user_metadata(body)
         entry = self._new_entry(session.session_id, body.get("model_seq_id"), lora)
+        entry.base_model_name, entry.user_metadata = str(body.get("base_model")), user_metadata
 
         def build() -> Outcome:
             self._build(entry, base_model, lora)
+            self._record_run(entry)
             log.info("model_created", model_id=entry.model_id, lora_rank=lora.rank)
             return Outcome(json={"type": "create_model", "model_id": entry.model_id})
 
@@ -206,12 +237,12 @@ class TrainerService:
             "model_id": entry.model_id,
             "model_data": {
                 "arch": str(self.base.config.model_type),
-                "model_name": self.config.model,
+                "model_name": entry.base_model_name or self.config.model,
                 "tokenizer_id": str(self.base_path),
             },
             "is_lora": rank > 0,
             "lora_rank": rank if rank > 0 else None,
-            "model_name": self.config.model,
+            "model_name": entry.base_model_name or self.config.model,
             "optimizer_config": {"type": "adamw"},
         }
 
@@ -238,19 +269,26 @@ class TrainerService:
         return {"request_id": rid, "model_id": entry.model_id}
 
     def forward_backward(self, body: bytes | FwdBwdRequest) -> dict[str, Any]:
-        """``body``: protobuf bytes, or already decoded (the app decodes off the loop: a large batch
-        takes a noticeable fraction of a second to parse)."""
+        """``body``: protobuf bytes, or already decoded from either dialect (the app decodes off the
+        loop: a large batch takes a noticeable fraction of a second to parse)."""
         req = body if isinstance(body, FwdBwdRequest) else decode_forward_backward(body)
         entry = self.entry(req.model_id)
         get_loss(req.loss_fn)
         # Token ranges are the base model's, the same for every model of this trainer.
         check_tokens(req.data, self.vocab_size, self.max_length)
+        if req.loss_fn in NEEDS_STABILITY_RECORDS:
+            # Fails fast (a 400 naming the datum) on a span the records do not back.
+            recorded = provenance.resolve(req.data, self.sampler.records, entry.session_id, req.loss_fn)
+            for d, extra in zip(req.data, recorded, strict=True):
+                d.inputs.update(extra)
         kind = "forward" if req.forward_only else "forward_backward"
 
         def run(state: ModelState) -> Outcome:
             outputs, metrics = state.forward_backward(
                 req.data, req.loss_fn, req.loss_fn_config, req.forward_only
             )
+            if req.dialect == "json":  # answered in the dialect it was asked in
+                return Outcome(json=encode_json_forward(outputs, metrics))
             return Outcome(proto=encode_forward_backward(outputs, metrics))
 
         rid = self.store.create(kind)
@@ -268,15 +306,21 @@ class TrainerService:
         overwrite = bool(body.get("overwrite", False))
         model_id = self.entry(body.get("model_id")).model_id
         target = checkpoints.state_path(self.state_dir, model_id, name)
+        user_metadata = parse_user_metadata(body)
 
         def run(state: ModelState) -> Outcome:
-            size = checkpoints.save_state(target, state.trainable(), state.optimizer, state.meta(), overwrite)
+            meta = {**state.meta(), "user_metadata": user_metadata}
+            size = checkpoints.save_state(target, state.trainable(), state.optimizer, meta, overwrite)
             log.info("state_saved", model_id=model_id, name=name, size_bytes=size)
             return Outcome(json={"type": "save_weights", "path": f"tinker://{model_id}/weights/{name}"})
 
         return self._ordered(body, "save_weights", run)
 
     def _state_dir_for(self, path: Any) -> tuple[checkpoints.TinkerPath, Path]:
+        if isinstance(path, str) and not path.startswith("tinker://"):
+            # Fireworks' client names checkpoints (it refuses URIs): the latest one of that name here.
+            printable, target = resolve_state(self.state_dir, path)
+            return checkpoints.parse_tinker_path(printable), target
         tp = checkpoints.parse_tinker_path(path)
         if tp.kind != "weights":
             raise TrainerBadRequest(
@@ -300,6 +344,7 @@ class TrainerService:
             self.check_base_model(body.get("base_model"))
         if not with_opt:
             params.optimizer_config(body)
+        user_metadata = parse_user_metadata(body)
         if not (target / "meta.json").exists():
             raise NotFound(f"checkpoint {tp} not found under {self.state_dir}")
         meta = checkpoints.read_meta(target)
@@ -310,10 +355,17 @@ class TrainerService:
                 f"checkpoint {tp}: unreadable lora settings in meta.json ({exc})"
             ) from exc
         entry = self._new_entry(session.session_id, body.get("model_seq_id"), lora)
+        entry.user_metadata = user_metadata
 
         def create_and_load() -> Outcome:
+            # The loaded run's name for the base model carries over (an alias stays the alias).
+            source = read_run_record(self.state_dir / tp.run_id) or {}
+            entry.base_model_name = str(
+                body.get("base_model") or source.get("base_model") or self.config.model
+            )
             state = self._build(entry, self.config.model, lora)
             state.load(checkpoints.read_state(target, with_opt), with_opt)
+            self._record_run(entry)
             log.info("model_loaded", model_id=entry.model_id, source=str(tp), optimizer=with_opt)
             return Outcome(json={"type": "load_weights", "path": str(tp), "model_id": entry.model_id})
 
@@ -334,16 +386,36 @@ class TrainerService:
             raise TrainerBadRequest(f"checkpoint_type must be 'base' or 'delta', got {ctype!r}")
         parent = body.get("parent_snapshot_identity")
         if parent is not None:
-            parent = checkpoints.safe_name(
-                params.field(body, "parent_snapshot_identity", str), "parent_snapshot_identity"
+            parent = checkpoints.parent_identity(
+                params.field(body, "parent_snapshot_identity", str), entry.model_id
             )
-        if (self.config.bucket / name).exists():
-            raise TrainerBadRequest(f"sampler snapshot {name!r} already exists in the bucket")
+        user_metadata = parse_user_metadata(body)
+        if (self.config.bucket / entry.model_id / name).exists():
+            raise TrainerBadRequest(
+                f"sampler snapshot tinker://{entry.model_id}/sampler_weights/{name} already exists"
+            )
 
         def run(state: ModelState) -> Outcome:
-            return Outcome(json=save_for_sampler(state, self.config.bucket, name, ctype, parent))
+            return Outcome(
+                json=save_for_sampler(state, self.config.bucket, name, ctype, parent, user_metadata)
+            )
 
         return self._ordered(body, "save_weights_for_sampler", run)
+
+    def save_weights_external(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An HF-format export, downloadable by signed URL (see ``external``)."""
+        entry = self.entry(body.get("model_id"))
+        name = checkpoints.safe_name(params.field(body, "path", str))
+        recipients = external.parse_recipients(body.get("age_encryption_recipients"))
+        target = external.export_dir(self.state_dir, entry.model_id, name)
+        path = f"tinker://{entry.model_id}/{external.KIND}/{name}"
+
+        def run(state: ModelState) -> Outcome:
+            size = external.save_external(state, target, self.tokenizer, recipients)
+            log.info("external_weights_saved", model_id=entry.model_id, name=name, size_bytes=size)
+            return Outcome(json={"type": "save_weights_external", "path": path, "size_bytes": size})
+
+        return self._ordered(body, "save_weights_external", run)
 
     async def close(self) -> None:
         """Drop queued work, let running ops finish (saves stay whole), then release the threads."""
