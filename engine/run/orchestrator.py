@@ -292,7 +292,7 @@ def schedule_of(config: RunConfig) -> Schedule:
 
 
 def _handlers() -> tuple[dict[State, Any], Any]:
-    from states import handlers, rollout
+    from engine.states import handlers, rollout
 
     return handlers(), rollout.sample
 
