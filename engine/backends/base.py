@@ -1,6 +1,6 @@
 """The backends seam: what a run needs from a trainer and from a deployment, as small Protocols.
 
-The lifecycle states use only these names (a test reads states/ and fails on any import of a concrete
+The lifecycle states use only these names (a test reads engine/states/ and fails on any import of a concrete
 backend). Each system hotloop drives has an adapter that satisfies them:
 
     trainer      fireworks (a Fireworks-shaped control plane: Fireworks or ``hotloop up``), tinker

@@ -221,7 +221,7 @@ async def _write_report(rd: RunDir) -> None:
 
 
 def _handlers() -> tuple[dict[State, Any], Any]:
-    from states import handlers, rollout
+    from engine.states import handlers, rollout
 
     return handlers(), rollout.sample
 

@@ -291,7 +291,27 @@ def write_delta(
     return read_manifest(Path(bucket), identity)
 
 
+def resolve(bucket: Path, identity: str) -> str:
+    """The identity a snapshot is stored under. ``<run>/<name>`` is exact; a bare ``name`` is the
+    snapshot of that name at the bucket's top, else in the one training run that has it (a client
+    that names snapshots itself, as Fireworks' SDK does, hot-loads the name it saved under; two runs
+    holding one name are ambiguous, and refused)."""
+    parts = identity_parts(identity)
+    if len(parts) > 1 or contained(Path(bucket), *parts, MANIFEST).exists():
+        return identity
+    runs = sorted(p.parent.parent.name for p in Path(bucket).glob(f"*/{parts[0]}/{MANIFEST}"))
+    if len(runs) == 1:
+        return check_identity(f"{runs[0]}/{parts[0]}")
+    if runs:
+        raise SnapshotError(
+            f"snapshot {identity!r} is ambiguous in {bucket}: training runs {runs} all have it"
+        )
+    raise SnapshotError(f"snapshot {identity!r} not found in {bucket}")
+
+
 def read_manifest(bucket: Path, identity: str) -> Manifest:
+    """The manifest of ``identity`` (resolved as ``resolve`` does; the manifest names the stored one)."""
+    identity = resolve(bucket, identity)
     path = contained(Path(bucket), *identity_parts(identity), MANIFEST)
     if not path.exists():
         raise SnapshotError(f"snapshot {identity!r} not found in {bucket}")
@@ -388,6 +408,8 @@ def load_snapshot(
         if weights_sha256(state) != manifest.weights_sha256:
             raise SnapshotError(f"snapshot {identity!r}: weights do not match the manifest hash")
         return manifest, state
+    if current is not None and current[0] is not None:
+        current = (resolve(bucket, current[0]), current[1])
     if current is None or current[0] != manifest.parent:
         held = current[0] if current else None
         raise SnapshotError(

@@ -20,7 +20,7 @@ from engine.run.orchestrator import run, start
 from engine.run.records import StepCommitted
 from engine.run.rollouts import AsyncRollouts
 from engine.run.rundir import RunDir
-from states import checkpointing, requesting, rollout, syncing, waiting
+from engine.states import checkpointing, requesting, rollout, syncing, waiting
 
 SLOW_SAMPLING = Timings(sample_s=0.03, train_s=0.01, hotload_s=0.01)
 

@@ -22,7 +22,7 @@ from engine.run.records import (
     Synced,
 )
 from engine.run.replay import Replay
-from states import checkpointing, evaluating, requesting, sampling, syncing, training, waiting
+from engine.states import checkpointing, evaluating, requesting, sampling, syncing, training, waiting
 
 
 async def connected(tmp_path: Path, **config: Any) -> Any:

@@ -204,8 +204,10 @@ class ControlPlaneDeployment:
             self._set_identity_reporting(bool(info.raw.get("hotloop")))
         attrs = {"base_model": spec.base_model}
         bucket = urlsplit(info.hot_load_bucket_url or "")
-        if bucket.scheme == "file":  # hotloop's control plane: the deployment reads a local directory
-            attrs["bucket"] = unquote(bucket.path)
+        if job_name is None and bucket.scheme == "file":
+            # Not linked to a trainer job, on hotloop's control plane: the deployment reads a bucket
+            # of its own, into which each snapshot is copied before its hot-load.
+            attrs["own_bucket"] = unquote(bucket.path)
         return DeploymentRef(KIND, deployment_id, attrs)
 
     async def wait_ready(self, ref: DeploymentRef, *, timeout_s: float) -> DeploymentRef:
@@ -217,7 +219,7 @@ class ControlPlaneDeployment:
     ) -> ControlPlaneHotLoader:
         # A deployment linked to its trainer job reads the trainer's bucket itself; one with a bucket of
         # its own (a Tinker trainer) gets each snapshot copied into that bucket from the store.
-        bucket = ref.attrs.get("bucket")
+        bucket = ref.attrs.get("own_bucket")
         return ControlPlaneHotLoader(
             self.deployments,
             ref.resource_id,

@@ -115,12 +115,18 @@ def sampler_snapshot(
         raise FatalError(f"{what}: trainer reported type {reported!r}")
     written: CheckpointType = "base" if reported == "base" else "delta"
     named = (answer.get("compression_format"), answer.get("checksum_format"))
+    reported_parent = answer.get("parent_snapshot_identity")
+    served = str(answer.get("snapshot_name") or identity)
+    if reported_parent and served != identity and served.endswith("/" + identity):
+        # hotloop's trainer qualifies each name with its run (``<run>/<name>``); this client names
+        # snapshots bare, as Fireworks does, so the parent is read back in the client's terms.
+        reported_parent = str(reported_parent).removeprefix(served[: -len(identity)])
     return SamplerSnapshot(
         path=str(answer.get("path") or identity),
         snapshot_name=identity,
         checkpoint_type=written,
         size_bytes=answer.get("size_bytes"),
-        parent_snapshot_identity=(answer.get("parent_snapshot_identity") or parent)
+        parent_snapshot_identity=(reported_parent or parent)
         if written == "delta"
         else None,
         encode_seconds=answer.get("encode_seconds"),

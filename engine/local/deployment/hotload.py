@@ -22,7 +22,14 @@ import torch
 from engine.local.deployment.protocol import HotLoadRequest
 from engine.local.deployment.scheduler import Scheduler
 from engine.log import get_logger
-from engine.weights.snapshot import Manifest, SnapshotError, check_identity, load_snapshot, read_manifest
+from engine.weights.snapshot import (
+    Manifest,
+    SnapshotError,
+    check_identity,
+    load_snapshot,
+    read_manifest,
+    resolve,
+)
 
 log = get_logger(__name__)
 Stage = Literal["idle", "loading", "error"]
@@ -153,7 +160,8 @@ class HotLoader:
         """Runs in a worker thread: read, verify and (for a delta) apply the snapshot."""
         assert self.bucket is not None
         manifest = read_manifest(self.bucket, identity)
-        if manifest.kind == "delta" and manifest.parent != serving:
+        held = resolve(self.bucket, serving) if serving is not None else None  # both as stored
+        if manifest.kind == "delta" and manifest.parent != held:
             raise SnapshotError(
                 f"delta {identity!r} has parent {manifest.parent!r} but this deployment serves {serving!r}"
             )

@@ -7,7 +7,7 @@ backward, so an earlier submission could overtake the backward). The row records
 optimizer step counter (the session keeps it from the optim_step result), which a test compares with
 the step number.
 
-Asynchronous RL: the batch comes from the rollout machine's buffer (states.rollout.take_trainable),
+Asynchronous RL: the batch comes from the rollout machine's buffer (engine.states.rollout.take_trainable),
 already filtered to groups no staler than ``max_staleness``; the row records the staleness of what
 was trained (max and mean over rollouts), the oldest policy version, every generating identity, and
 how many rollouts the filter dropped.
@@ -22,7 +22,7 @@ from engine.errors import FatalError
 from engine.recipes import optim, rl, sft
 from engine.run.context import RunContext
 from engine.run.records import StepCommitted
-from states.rollout import take_trainable
+from engine.states.rollout import take_trainable
 
 
 async def run(ctx: RunContext) -> None:

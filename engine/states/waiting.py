@@ -19,9 +19,9 @@ from engine.run.context import RunContext
 from engine.run.records import Connected
 from engine.run.versions import PolicyVersions
 from engine.sampling import AdaptiveConcurrencyController, FixedConcurrencyController, SamplingRetryPolicy
+from engine.states._util import first_error
+from engine.states.requesting import trainer_spec
 from engine.weights.syncer import WeightSyncer
-from states._util import first_error
-from states.requesting import trainer_spec
 
 
 async def run(ctx: RunContext) -> None:

@@ -22,7 +22,7 @@ from engine.lifecycle.rollout_runner import RolloutVisit
 from engine.recipes import rl
 from engine.run.context import RunContext
 from engine.run.records import RolloutsSampled
-from states import sampling
+from engine.states import sampling
 
 MAX_RESAMPLES = 2
 

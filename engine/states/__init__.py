@@ -3,7 +3,7 @@
 A state does its work, records what it learned (engine.run.records) and moves the counters; the
 Runner asks the Schedule what comes next. States reach trainers and deployments only through the
 backends seam (engine.backends.base): a test reads these modules and fails on an import of a
-concrete backend. ``states.rollout`` holds the rollout machine's SAMPLING (asynchronous RL), which
+concrete backend. ``engine.states.rollout`` holds the rollout machine's SAMPLING (asynchronous RL), which
 the orchestrator hands to that machine rather than to the learner's Runner.
 """
 
@@ -15,7 +15,7 @@ from engine.lifecycle.table import State
 
 
 def handlers() -> dict[State, Any]:
-    from states import checkpointing, evaluating, requesting, sampling, syncing, training, waiting
+    from engine.states import checkpointing, evaluating, requesting, sampling, syncing, training, waiting
 
     return {
         State.REQUESTING: requesting.run,

@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.recipes import rl
 from engine.run.context import RunContext
-from states._util import first_error, verify_identities
+from engine.states._util import first_error, verify_identities
 
 
 async def collect(

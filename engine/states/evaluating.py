@@ -12,7 +12,7 @@ import time
 from engine.recipes.rl import prompt_tokens, visible_text
 from engine.run.context import RunContext
 from engine.run.records import EvalCommitted
-from states._util import first_error, verify_identities
+from engine.states._util import first_error, verify_identities
 
 
 async def run(ctx: RunContext) -> None:
