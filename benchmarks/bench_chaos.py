@@ -9,7 +9,7 @@ control plane killed; every network fault kind (reset, stall, truncate, 5xx, 429
 (control-plane REST, trainer gateway, inference, hot-load) through fault-injecting proxies -- and,
 per fault kind x plane: injected, recovered, steps lost, steps repeated, mean seconds to recover (a
 proxy fault: until its plane answered a request that arrived after it; a kill: until the generation
-that recovered from it committed its first step).
+that recovered from it committed its first fact: a step, a sync, a checkpoint).
 
 Soak: one run of ``--steps`` steps on a stack behind the proxies, with a fault every ``--every``
 steps (seeded jitter), rotating through a trainer kill, a burst of network faults on one plane, a

@@ -94,8 +94,9 @@ class ChaosResult:
         return len(self.rows) - len({r["step"] for r in self.rows})
 
     def recovered_in(self, strike: Strike) -> float | None:
-        """Seconds from the kill until the run trained again: the first step committed by the
-        generation that started after the kill (the kill's own recovery), else by any attempt."""
+        """Seconds from the kill until the run made progress again: the first fact (a step, a sync,
+        a checkpoint) committed by the generation that started after the kill (the kill's own
+        recovery), else by any attempt. A kill at the last sync is recovered by that sync."""
         if strike.killed_at is None:
             return None
         restarted = any(r["event"] == "start" and r["t"] >= strike.killed_at for r in self.journal)
@@ -106,7 +107,7 @@ class ChaosResult:
             seen_start = seen_start or rec["event"] == "start"
             if rec["event"] != "exit" or not seen_start:
                 continue
-            if any(fact.get("kind") == "step" for fact in rec.get("records") or []):
+            if rec.get("records"):
                 return float(rec["t"]) - strike.killed_at
         return None
 
@@ -136,7 +137,7 @@ class TableRow:
 def fault_table(results: Sequence[ChaosResult]) -> list[TableRow]:
     """Fault kind x plane over every run. A proxy's fault is recovered once its plane answered a
     request that arrived after it; a kill once the generation that recovered from it committed a
-    step. Steps lost/repeated are those of the runs the faults were in."""
+    fact. Steps lost/repeated are those of the runs the faults were in."""
     groups: dict[tuple[str, str], list[tuple[bool, float | None, ChaosResult]]] = {}
     for result in results:
         done = result.rc == 0
