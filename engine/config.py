@@ -252,6 +252,26 @@ class Limits(_Model):
     ready_timeout_s: float = Field(default=900.0, gt=0, description="waiting for trainer and deployment")
 
 
+class RecoveryConfig(_Model):
+    """What a run does on its own when a part fails (engine.run.recovery): reconnect a lost trainer,
+    re-create a failed deployment, restart its embedded control plane, retry after a broken
+    connection -- each time through the resume path, within this budget."""
+
+    enabled: bool = True
+    max_per_hour: int = Field(default=6, ge=0, description="recoveries allowed in any hour")
+    max_consecutive: int = Field(
+        default=3, ge=1, description="attempts in a row that commit no step before the run fails"
+    )
+    deadline_s: float = Field(default=900.0, gt=0, description="bound on one recovery action")
+    backoff_s: float = Field(default=2.0, ge=0, description="first wait before a retry (doubles)")
+    health_every_s: float = Field(
+        default=5.0, ge=0, description="ask the backends' health this often while a state runs; 0: never"
+    )
+    unreachable_after_s: float = Field(
+        default=30.0, gt=0, description="health unreadable this long: the part is unreachable"
+    )
+
+
 class TensorBoardSinkConfig(_Model):
     """TensorBoard event files (needs ``pip install 'hotloop[tensorboard]'``)."""
 
@@ -304,6 +324,7 @@ class RunConfig(_Model):
     deployment: DeploymentPlaneConfig = Field(default_factory=DeploymentPlaneConfig)
     user_code: UserCodeConfig = Field(default_factory=UserCodeConfig)
     limits: Limits = Field(default_factory=Limits)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     sinks: SinksConfig = Field(default_factory=SinksConfig)
     keep_resources: bool = Field(
         default=True,

@@ -8,6 +8,15 @@ the root logger. Only ``configure`` -- called by the ``hotloop`` command, or by 
 hotloop's renderers -- attaches a handler, and only to the ``hotloop`` logger. A clipping
 processor after the redaction bounds every value, so a request's payload echoed into a field or an
 exception message cannot turn one log line into megabytes.
+
+Under failure, logs stay useful and small. ``configure`` also takes over the loggers of the libraries
+hotloop drives (``tinker``, whose retry loop and telemetry log through stdlib logging and would
+otherwise reach Python's last-resort handler as raw lines and tracebacks): their records at WARNING
+and above are rendered like hotloop's, one line each, a traceback reduced to its exception's type and
+message. And the handler drops repeats: an identical line (timestamp aside) passes at most
+``REPEAT_BURST`` times per ``REPEAT_WINDOW_S``; the next one to pass after a window says how many were
+dropped. None of this happens at import: a host that does not call ``configure`` keeps its own
+logging exactly as it set it up.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ import logging
 import os
 import re
 import sys
+import time
+from collections import OrderedDict
 from collections.abc import MutableMapping
 from itertools import islice
 from typing import Any
@@ -35,6 +46,11 @@ ROOT = "hotloop"
 MAX_FIELD_CHARS = 1000
 MAX_EXCEPTION_CHARS = 8000
 MAX_ITEMS = 20
+# Libraries whose stdlib loggers ``configure`` takes over (their own retry loops log through them).
+FOREIGN_LOGGERS = ("tinker",)
+REPEAT_BURST = 5
+REPEAT_WINDOW_S = 60.0
+_REPEAT_KEYS = 4096
 
 
 def _redact_value(value: Any) -> Any:
@@ -90,9 +106,7 @@ def clip(value: Any, limit: int = 200) -> str:
     return truncate(repr(_clipped(value, limit)), limit + 40)
 
 
-def clip_values(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
+def clip_values(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: bound every field (strings, containers, rendered tracebacks)."""
     for key in list(event_dict):
         limit = MAX_EXCEPTION_CHARS if key in ("exception", "event") else MAX_FIELD_CHARS
@@ -137,6 +151,68 @@ class _CurrentStderr(logging.Handler):
             self.handleError(record)
 
 
+class RepeatFilter(logging.Filter):
+    """Lets an identical line (same logger, level and content, timestamp aside) through at most
+    ``burst`` times per ``window_s``; the first one through after drops carries their count."""
+
+    def __init__(self, burst: int = REPEAT_BURST, window_s: float = REPEAT_WINDOW_S) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window_s = window_s
+        self._seen: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()  # start, count, dropped
+        self.dropped = 0
+
+    @staticmethod
+    def key(record: logging.LogRecord) -> tuple[str, int, str]:
+        msg = record.msg
+        if isinstance(msg, dict):  # a structlog event dict (wrap_for_formatter)
+            text = repr(sorted((k, v) for k, v in msg.items() if k != "timestamp"))
+        else:
+            text = record.getMessage()
+        return record.name, record.levelno, text[:2000]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        key = self.key(record)
+        entry = self._seen.get(key)
+        if entry is None or now - entry[0] >= self.window_s:
+            dropped = int(entry[2]) if entry is not None else 0
+            self._seen[key] = [now, 1.0, 0.0]
+            self._seen.move_to_end(key)
+            while len(self._seen) > _REPEAT_KEYS:
+                self._seen.popitem(last=False)
+            if dropped:
+                _note_repeats(record, dropped, self.window_s)
+            return True
+        entry[1] += 1
+        if entry[1] <= self.burst:
+            return True
+        entry[2] += 1
+        self.dropped += 1
+        return False
+
+
+def _note_repeats(record: logging.LogRecord, dropped: int, window_s: float) -> None:
+    if isinstance(record.msg, dict):
+        record.msg = {**record.msg, "repeats_dropped": dropped}
+    else:
+        note = f"[{dropped} identical lines dropped in {window_s:g}s]"
+        record.msg, record.args = f"{record.getMessage()} {note}", None
+
+
+class OneLineErrors(logging.Filter):
+    """A foreign library's record with a traceback becomes one line: the exception's type and message
+    appended, the traceback dropped (a retried error is an attempt, not a crash)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not isinstance(record.msg, dict):
+            exc = record.exc_info[1]
+            if exc is not None:
+                record.msg, record.args = f"{record.getMessage()} ({type(exc).__name__}: {exc})", None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def configure(renderer: str | None = None, level: str | None = None) -> None:
     """Render hotloop's events to stderr (idempotent). renderer: "console" or "json" (default from
     HOTLOOP_LOG_FORMAT); level from HOTLOOP_LOG_LEVEL, default INFO. Touches only the ``hotloop``
@@ -153,12 +229,24 @@ def configure(renderer: str | None = None, level: str | None = None) -> None:
     handler = _CurrentStderr()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, final]
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, final],
+            # a foreign library's record gets the same fields hotloop's have
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                redact_secrets,
+                clip_values,
+            ],
         )
     )
-    root = logging.getLogger(ROOT)
-    for old in [h for h in root.handlers if isinstance(h, _CurrentStderr)]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(getattr(logging, level_name, logging.INFO))
-    root.propagate = False
+    handler.addFilter(OneLineErrors())
+    handler.addFilter(RepeatFilter())
+    wanted = getattr(logging, level_name, logging.INFO)
+    for name, lowest in ((ROOT, wanted), *((f, max(wanted, logging.WARNING)) for f in FOREIGN_LOGGERS)):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if isinstance(h, _CurrentStderr)]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(lowest)
+        logger.propagate = False

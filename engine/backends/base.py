@@ -15,6 +15,12 @@ is in the refs (``TrainerRef``, ``DeploymentRef``), which the run journals as pl
 Values between the two sides are typed: a ``SnapshotRef`` names what the trainer wrote and how it is
 encoded; a ``SnapshotStore`` gives the bytes to a deployment that needs them locally (vLLM reloads
 from a directory; Fireworks loads from its own bucket by identity and never asks).
+
+Recovery (engine.run.recovery) goes through the same seam: each backend answers a cheap ``health(ref)``
+(one read, no retries: is the resource serving, starting, failed with a reason, gone, or is its
+control plane unreachable) and a ``recover(ref, ...)`` that does what its system can to bring the
+resource back (resume a FAILED job, re-create a FAILED deployment, restart a launched server). A part
+that is lost while a state runs is raised as a ``PartLost`` naming the backend's own reason.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
+
+from engine.errors import HotloopError
 
 if TYPE_CHECKING:
     from engine.sampling.controllers import ConcurrencyController
@@ -115,6 +123,52 @@ class SnapshotStore(Protocol):
         ...
 
 
+# ---- health and loss of a part (engine.run.recovery decides what to do about it) -----------------
+
+HealthStatus = Literal["ok", "starting", "failed", "gone", "unreachable"]
+Part = Literal["trainer", "deployment", "control_plane"]
+
+
+@dataclass(frozen=True)
+class Health:
+    """What a backend says of one resource now, from one cheap read.
+
+    ``ok``: serving. ``starting``: provisioning, resuming or rolling (it will serve by itself).
+    ``failed``: it stopped and the system can bring it back (a FAILED job, a FAILED deployment, a
+    launched server that exited). ``gone``: deleted or tombstoned. ``unreachable``: the read itself
+    failed (its control plane or server did not answer). ``detail`` is the system's own reason.
+    """
+
+    status: HealthStatus
+    detail: str = ""
+
+    @property
+    def lost(self) -> bool:
+        return self.status in ("failed", "gone")
+
+
+class PartLost(HotloopError):
+    """A part of the run (trainer, deployment, control plane) failed or went away; the message is the
+    backend's own account ("trainer job 'x' is FAILED: trainer process killed by SIGKILL")."""
+
+    def __init__(self, part: Part, status: HealthStatus, message: str) -> None:
+        super().__init__(message)
+        self.part: Part = part
+        self.status: HealthStatus = status
+
+
+class SupervisedControlPlane(Protocol):
+    """A control plane the run started itself (the embedded stack): its process can be watched, and
+    restarted on the same address, key and state directory (which brings its trainer and deployment
+    back: the state survives the process)."""
+
+    def exit_reason(self) -> str | None:
+        """None while the process runs; else how it ended (exit status, last log lines)."""
+        ...
+
+    async def restart(self, *, timeout_s: float) -> None: ...
+
+
 # ---- the trainer side ----------------------------------------------------------------------------
 
 
@@ -192,6 +246,16 @@ class TrainerBackend(Protocol):
         """The run is over: delete the trainer (``delete``) or leave it running."""
         ...
 
+    async def health(self, ref: TrainerRef) -> Health:
+        """One cheap, unretried read of the trainer's state (never raises for a failed read:
+        ``unreachable``)."""
+        ...
+
+    async def recover(self, ref: TrainerRef, *, timeout_s: float) -> TrainerRef:
+        """Bring a failed or lost trainer back (resume its job) and wait until it answers; the run
+        then restores its last committed full state into a new model. Raises if it cannot."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -250,12 +314,24 @@ class DeploymentBackend(Protocol):
 
     async def release(self, ref: DeploymentRef, *, delete: bool) -> None: ...
 
+    async def health(self, ref: DeploymentRef) -> Health:
+        """One cheap, unretried read of the deployment's state (``unreachable`` when the read fails)."""
+        ...
+
+    async def recover(self, ref: DeploymentRef, trainer: TrainerRef, *, timeout_s: float) -> DeploymentRef:
+        """Bring a failed or missing deployment back (resume, re-create or relaunch it, linked to
+        ``trainer``) and wait until it serves. It then serves its initial weights, so the run owes a
+        full snapshot. Raises if it cannot."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
 @dataclass
 class Planes:
-    """The two backends a run drives (they may share a control plane)."""
+    """The two backends a run drives (they may share a control plane). ``control_plane`` is set when
+    the run started that control plane itself (the embedded stack), so recovery may restart it."""
 
     trainer: TrainerBackend
     deployment: DeploymentBackend
+    control_plane: SupervisedControlPlane | None = None

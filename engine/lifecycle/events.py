@@ -3,7 +3,9 @@
 The Runner publishes one ``LifecycleEvent`` per state entry and exit, plus the facts a state
 records (a committed step, a saved checkpoint, a sync, an evaluation) and the run's end. In
 asynchronous RL the rollout machine publishes ``rollout`` events (its state, the target step, and a
-``RolloutProgress`` with the buffer's contents) on the same bus; they are never terminal. Observers
+``RolloutProgress`` with the buffer's contents) on the same bus; they are never terminal. A run that
+recovers from a lost part publishes a ``recovery`` event (``record``: the policy's decision) and goes
+on: the failure of a state it recovers from is not published as terminal. Observers
 either register a callback (called synchronously, in order, on the event loop; it must be quick)
 or iterate ``EventBus.subscribe()``, an async iterator with its own unbounded queue that ends after
 the terminal event. A slow or failing observer never stalls or breaks the run: callback errors
@@ -23,7 +25,7 @@ from engine.log import get_logger
 
 log = get_logger("engine.lifecycle.events")
 
-EventKind = Literal["enter", "exit", "record", "done", "failed", "cancelled", "rollout"]
+EventKind = Literal["enter", "exit", "record", "done", "failed", "cancelled", "rollout", "recovery"]
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,11 @@ forward each time the state reports progress (``ctx.beat(where)``), never past `
 entry. A state that stops making progress fails with ``StuckError`` saying which state, for how
 long, and the last thing it reported.
 
+Liveness: a run may pass ``liveness(state)``, a coroutine that runs beside each state and raises when
+a part the state depends on is lost (engine.run.liveness asks the backends' health). The state is
+then cancelled and fails with that error -- the backend's own reason -- instead of running into its
+stall limit.
+
 Fault injection for crash tests: ``HOTLOOP_FAULT=kill:STATE[@STEP][:enter|:exit]`` makes the
 process SIGKILL itself right after journaling the entry of STATE (``enter``), or once the state's
 work is done but before its exit is journaled (``exit``, the default: the most adversarial point).
@@ -26,7 +31,7 @@ import asyncio
 import dataclasses
 import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -115,6 +120,31 @@ class LifecycleContext:
 Ctx = TypeVar("Ctx", bound=LifecycleContext)
 StateFn = Callable[[Ctx], Awaitable[None]]
 Decide = Callable[[State, Ctx], State]
+Liveness = Callable[[State], Coroutine[Any, Any, None]]
+
+
+async def run_watched(work: Awaitable[None], watch: Coroutine[Any, Any, None] | None) -> None:
+    """Await ``work``; if ``watch`` (which only ever raises) fails first, cancel ``work`` and raise the
+    watch's error. Leaving early (cancelled, a deadline) cancels and awaits both."""
+    if watch is None:
+        await work
+        return
+    work_task = asyncio.ensure_future(work)
+    watch_task = asyncio.ensure_future(watch)
+    try:
+        await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+        if not work_task.done():
+            lost = watch_task.exception()  # the watch ended first: it raised (or found nothing)
+            if lost is not None:
+                work_task.cancel()
+            await asyncio.wait({work_task})  # the state's own cleanup (finally blocks) runs first
+            if lost is not None and work_task.cancelled():
+                raise lost
+    finally:
+        for task in (work_task, watch_task):
+            task.cancel()
+        await asyncio.wait({work_task, watch_task})
+    work_task.result()  # the state's own outcome (a success that raced the watch wins)
 
 
 class RunFailed(FatalError):
@@ -181,6 +211,7 @@ class Runner(Generic[Ctx]):
         run_id: str = "",
         after_exit: Callable[[State, list[Fact]], Awaitable[None]] | None = None,
         fault: FaultPlan | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         self.handlers = handlers
         self.decide = decide
@@ -191,6 +222,7 @@ class Runner(Generic[Ctx]):
         self.run_id = run_id
         self.after_exit = after_exit
         self.fault = fault
+        self.liveness = liveness
         self.state: State | None = None
 
     def _emit(self, kind: EventKind, state: State, ctx: Ctx, **kw: Any) -> None:
@@ -206,7 +238,7 @@ class Runner(Generic[Ctx]):
             # deadline() is an absolute loop time: timeout_at, not timeout (which takes a delay).
             async with asyncio.timeout_at(watch.deadline()) as cm:
                 watch.bind(cm)
-                await handler(ctx)
+                await run_watched(handler(ctx), self.liveness(state) if self.liveness else None)
         except TimeoutError as exc:
             if cm.expired():
                 raise watch.stuck_error() from exc

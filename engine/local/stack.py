@@ -5,6 +5,11 @@
 
 The stack is stopped (SIGTERM, then SIGKILL of its process group) on exit, on error and on
 cancellation; the control plane in turn stops its trainer and deployment processes.
+
+A run that started the stack watches it (``exit_reason``) and, if it dies, ``restart``s it on the same
+port, with the same key and state directory: the new control plane restores its jobs and deployments
+from the state directory and starts their processes again (the old ones died with it), so every URL
+and key the run holds stays valid.
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ from types import TracebackType
 import engine
 from engine.errors import StuckError
 from engine.log import get_logger
+from engine.processes import describe_exit
 
 log = get_logger("local.stack")
 # The child imports `engine` from this same tree, wherever the caller runs.
 _REPO = str(Path(engine.__file__).resolve().parent.parent)
+# How a restarted control plane gets its predecessor's key (an environment variable, never argv).
+_RESTART_KEY_ENV = "HOTLOOP_STACK_RESTART_KEY"
 
 
 class EmbeddedStack:
@@ -48,6 +56,7 @@ class EmbeddedStack:
         self._api_key: str | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
+        self.restarts = 0
 
     @property
     def base_url(self) -> str:
@@ -78,6 +87,9 @@ class EmbeddedStack:
             argv += ["--model", self.model]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO, env.get("PYTHONPATH", "")) if p)
+        if self._api_key is not None:  # a restart keeps the key every client holds
+            argv += ["--api-key-env", _RESTART_KEY_ENV]
+            env[_RESTART_KEY_ENV] = self._api_key
         with (self.root_dir / "controlplane.log").open("ab") as err:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -143,6 +155,35 @@ class EmbeddedStack:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drain
         log.info("embedded stack stopped", pid=proc.pid, returncode=proc.returncode)
+
+    def exit_reason(self) -> str | None:
+        """None while ``hotloop up`` runs; else how it ended, with the last lines of its log."""
+        proc = self._proc
+        if proc is None or proc.returncode is None:
+            return None
+        tail = ""
+        try:
+            with (self.root_dir / "controlplane.log").open("rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 2048))
+                lines = [ln.strip() for ln in fh.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+                tail = " | ".join(lines[-2:])[-400:]
+        except OSError:
+            pass
+        return f"(pid {proc.pid}) {describe_exit(proc.returncode)}" + (f"; last log: {tail}" if tail else "")
+
+    async def restart(self, *, timeout_s: float | None = None) -> None:
+        """Stop what is left of the stack and start it again on the same port, key and state dir."""
+        await self.stop()
+        if self._base_url is not None:
+            self.port = int(self._base_url.rsplit(":", 1)[1])
+        previous = self._base_url
+        self._base_url = None
+        self.restarts += 1
+        if timeout_s is not None:
+            self.startup_timeout_s = min(self.startup_timeout_s, timeout_s)
+        await self.start()
+        log.info("embedded stack restarted", base_url=self._base_url, was=previous, restarts=self.restarts)
 
     async def __aenter__(self) -> EmbeddedStack:
         return await self.start()

@@ -9,6 +9,7 @@ against engine.backends.base, never a concrete backend.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -102,26 +103,36 @@ class RunContext(LifecycleContext):
         assert self.hot_loader is not None, "no hot loader (WAITING must run first)"
         return self.hot_loader
 
-    async def aclose(self, *, delete_resources: bool = False) -> None:
-        """Close clients; optionally delete the trainer and deployment (best effort)."""
+    async def close_clients(self, *, timeout_s: float = 30.0) -> None:
+        """Close the live clients (sampler, training session), each within ``timeout_s`` (a session
+        whose trainer is gone cannot say goodbye); the trainer and deployment stay."""
         if self.sampler is not None:
-            await _best_effort(self.sampler.close(), "close sampler")
+            await _best_effort(self.sampler.close(), "close sampler", timeout_s)
             self.sampler = None
         if self.session is not None:
-            await _best_effort(self.session.close(), "close training session")
+            await _best_effort(self.session.close(), "close training session", timeout_s)
             self.session = None
+
+    async def aclose(self, *, delete_resources: bool = False, timeout_s: float = 30.0) -> None:
+        """Close clients; optionally delete the trainer and deployment (best effort)."""
+        await self.close_clients(timeout_s=timeout_s)
         if self.deployment_ref is not None:
             await _best_effort(
-                self.deployment.release(self.deployment_ref, delete=delete_resources), "release deployment"
+                self.deployment.release(self.deployment_ref, delete=delete_resources),
+                "release deployment",
+                timeout_s,
             )
         if self.trainer_ref is not None:
             await _best_effort(
-                self.trainer.release(self.trainer_ref, delete=delete_resources), "release trainer"
+                self.trainer.release(self.trainer_ref, delete=delete_resources), "release trainer", timeout_s
             )
 
 
-async def _best_effort(coro: Any, what: str) -> None:
+async def _best_effort(coro: Any, what: str, timeout_s: float) -> None:
     try:
-        await coro
+        async with asyncio.timeout(timeout_s):
+            await coro
+    except TimeoutError:
+        log.warning("cleanup step timed out", what=what, timeout_s=timeout_s)
     except Exception as exc:
         log.warning("cleanup step failed", what=what, error=str(exc))

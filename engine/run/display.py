@@ -2,7 +2,9 @@
 
 The callback only reads typed facts (engine.run.records) off the events and updates numbers; rich
 redraws at its own pace. Nothing here touches the run. In asynchronous RL the rollout machine's
-events add what it samples, how full the buffer is, and the staleness of each trained batch.
+events add what it samples, how full the buffer is, and the staleness of each trained batch. A
+recovery (engine.run.recovery) shows in the state row while it happens and is counted, with the last
+one's failure and action, in the ``recoveries`` row.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from typing import Any
 
 from engine.lifecycle.events import LifecycleEvent, RolloutProgress
 from engine.run.records import EvalCommitted, StepCommitted, Synced
+from engine.run.recovery import Decision
 
-ROWS = ("run dir", "state", "step", "reward", "eval score", "window", "sync s", "train s")
+ROWS = ("run dir", "state", "step", "reward", "eval score", "window", "sync s", "train s", "recoveries")
 ASYNC_ROWS = ("rollouts", "buffer", "staleness")
 
 
@@ -32,6 +35,11 @@ def buffer_text(progress: RolloutProgress) -> str:
     return f"{len(progress.buffered)}/{progress.capacity}" + (f" (steps {steps})" if steps else "")
 
 
+def recovery_text(count: int, decision: Any) -> str:
+    """``2 (last: trainer_failed -> reconnect_trainer)``."""
+    return f"{count} (last: {decision.failure.kind} -> {decision.action})"
+
+
 def staleness_text(row: Any) -> str | None:
     if row.get("staleness") is None:
         return None
@@ -45,8 +53,14 @@ class LiveRunTable:
         from rich.console import Console
         from rich.live import Live
 
-        self.values: dict[str, Any] = {"run dir": run_dir or "-", "state": "starting", "step": 0}
+        self.values: dict[str, Any] = {
+            "run dir": run_dir or "-",
+            "state": "starting",
+            "step": 0,
+            "recoveries": 0,
+        }
         self.overlap = False  # set by the first rollout event: show the async rows
+        self.recoveries = 0
         self.console = Console(stderr=True)
         self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
 
@@ -66,6 +80,12 @@ class LiveRunTable:
             self.values["state"] = event.state.name
         elif event.terminal:
             self.values["state"] = event.kind.upper() + (f": {event.error}" if event.error else "")
+        elif event.kind == "recovery" and isinstance(event.record, Decision):
+            decision = event.record
+            if decision.action != "fail":
+                self.recoveries += 1
+                self.values["state"] = f"RECOVERING ({decision.action}): {decision.failure.cause}"[:200]
+            self.values["recoveries"] = recovery_text(self.recoveries, decision)
         elif event.kind == "rollout" and isinstance(event.record, RolloutProgress):
             self.overlap = True
             self.values["rollouts"] = rollout_text(event, event.record)

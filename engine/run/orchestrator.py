@@ -6,8 +6,10 @@ it goes. A run directory that holds an unfinished run is resumed (see engine.run
 commit protocol); a finished one returns its summary without doing anything.
 
 The orchestration, in order: pick and pin the run directory, replay its journal, load the task (off
-the loop), open the two backends (engine.run.planes), then hand the states to the lifecycle Runner,
-which asks the Schedule for every transition. Derived files follow each committed exit, and its
+the loop), open the two backends (engine.run.planes), then run attempts (engine.run.attempts): each
+hands the states to the lifecycle Runner, which asks the Schedule for every transition; an attempt
+that fails is healed by the recovery policy (engine.run.recovery) when it can be, and the next one
+resumes from the journal. Derived files follow each committed exit, and its
 metrics rows go to the metric sinks (engine.run.sinks); report.html (engine.report) is written when
 the run ends. With ``rl.async_rollouts`` the learner runs without SAMPLING and the rollout machine
 (engine.run.rollouts) starts beside it once WAITING committed; every learner exit wakes it, and it is
@@ -34,17 +36,16 @@ from engine.config import RunConfig, dump_config, validate_config
 from engine.errors import ConfigError
 from engine.journal import Journal
 from engine.lifecycle.events import EventBus, LifecycleEvent
-from engine.lifecycle.runner import Fact, FaultPlan, Runner, StateLimits
-from engine.lifecycle.schedule import Schedule
-from engine.lifecycle.table import INITIAL, State
+from engine.lifecycle.table import State
 from engine.log import get_logger
 from engine.recipes.tasks import eval_set_json, load_task
+from engine.run.attempts import Attempt, LiveView, run_attempts
+from engine.run.attempts import schedule_of as schedule_of  # a run's Schedule, from its config
 from engine.run.context import RunContext
 from engine.run.offload import UserCode
 from engine.run.planes import ControlPlaneConnection, open_planes
-from engine.run.records import LEDGER_KINDS, EvalCommitted, StepCommitted
-from engine.run.rollouts import AsyncRollouts
-from engine.run.rundir import LEDGER, METRICS, RunDir, default_run_dir
+from engine.run.records import EvalCommitted, StepCommitted
+from engine.run.rundir import METRICS, RunDir, default_run_dir
 from engine.run.sinks import MetricSink, open_fanout
 from engine.sampling.controllers import ConcurrencyController
 
@@ -113,13 +114,6 @@ def _prepare_dir(
     return config, rd
 
 
-def _limits(config: RunConfig) -> tuple[StateLimits, dict[State, StateLimits]]:
-    default = StateLimits(config.limits.state_timeout_s, config.limits.stall_s)
-    ready = config.limits.ready_timeout_s + 300.0  # the waits plus connecting and restoring state
-    waiting = StateLimits(max(default.timeout_s, ready), max(default.stall_s, ready))
-    return default, {State.WAITING: waiting, State.REQUESTING: waiting}
-
-
 def summarize(rd: RunDir, status: str, started: float, generation: int, **kw: Any) -> RunSummary:
     rows = rd.read_rows(METRICS)
     evals = [r["score"] for r in rows if r.get("kind") == EvalCommitted.kind]
@@ -137,13 +131,6 @@ def summarize(rd: RunDir, status: str, started: float, generation: int, **kw: An
     )
 
 
-@dataclass
-class _Live:
-    """What a RunHandle may read of its run while it goes (set by ``_execute``)."""
-
-    ctx: RunContext | None = None
-
-
 async def _execute(
     given: RunConfig | None,
     run_dir: str | os.PathLike[str] | None,
@@ -151,7 +138,7 @@ async def _execute(
     connection: ControlPlaneConnection | None,
     planes: Planes | None,
     sinks: Sequence[MetricSink] = (),
-    live: _Live | None = None,
+    live: LiveView | None = None,
 ) -> RunSummary:
     started = time.monotonic()
     config, rd = await asyncio.to_thread(_prepare_dir, given, run_dir)
@@ -163,78 +150,31 @@ async def _execute(
     # A JSONL dataset is read and a user's reward module imported: file I/O, off the caller's loop.
     task = await asyncio.to_thread(load_task, config.task, config.reward)
     eval_rows, eval_sha = eval_set_json(task, config.eval.prompts)
-    generation = resume.generation + 1
     await asyncio.to_thread(rd.store_eval_prompts, eval_rows, eval_sha)
     await asyncio.to_thread(rd.rebuild_derived, resume)
     journal = await asyncio.to_thread(Journal, rd.journal_path)  # may fsync: off the loop
     status, error, served = "failed", None, None
+    attempt: Attempt | None = None
     try:
         async with contextlib.AsyncExitStack() as stack:
-            await journal.append(
-                {"event": "start", "generation": generation, "run_id": run_id,
-                 "resume_from": resume.step if resume.started else None}
-            )  # fmt: skip
-            if resume.started:
-                log.info("resuming run", run_dir=str(rd.path), step=resume.step, generation=generation)
             user_code = UserCode(task, config.user_code.executor, config.user_code.workers)
             stack.callback(user_code.close)
             # Metric sinks (engine.run.sinks) drain on their own threads; closing waits a bounded time.
-            fanout = await asyncio.to_thread(open_fanout, config, rd.path, run_id, generation, sinks)
+            fanout = await asyncio.to_thread(
+                open_fanout, config, rd.path, run_id, resume.generation + 1, sinks
+            )
             stack.push_async_callback(asyncio.to_thread, fanout.close)
             if planes is None:
                 planes = await open_planes(config, rd.path, stack, connection)
-            ctx = RunContext(
-                config=config,
-                run_dir=rd,
-                run_id=run_id,
-                schedule=schedule_of(config),
-                task=task,
-                planes=planes,
-                user_code=user_code,
-                resume=resume,
-                generation=generation,
-                eval_rows=eval_rows,
-                eval_sha256=eval_sha,
-            )
-            if live is not None:
-                live.ctx = ctx
-
-            default, limits = _limits(config)
-            fault = FaultPlan.from_env()
-            overlap = config.rl.async_rollouts if config.recipe == "rl" else None
-            if overlap is not None:
-                ctx.async_rollouts = AsyncRollouts(
-                    ctx, overlap.max_staleness, journal, events=bus, limits=default, fault=fault
-                )
             # The state modules import tinker and torch (seconds, the first time): not on the loop.
             handlers, sample_rollouts = await asyncio.to_thread(_handlers)
-
-            async def after_exit(state: State, facts: list[Fact]) -> None:
-                if ctx.async_rollouts is not None:
-                    if state is State.WAITING:
-                        ctx.async_rollouts.start(sample_rollouts)
-                    ctx.async_rollouts.learner_moved()
-                rows = [dict(f.row) for f in facts if isinstance(f, StepCommitted | EvalCommitted)]
-                ledger = [f.to_json() for f in facts if f.kind in LEDGER_KINDS]
-                await asyncio.to_thread(rd.append, METRICS, rows)
-                await asyncio.to_thread(rd.append, LEDGER, ledger)
-                fanout.put(rows)  # never blocks: a full queue drops the row for that sink
-
-            runner: Runner[RunContext] = Runner(
-                handlers,
-                journal,
-                decide=lambda state, c: c.schedule.after(state, c.counters),
-                events=bus,
-                limits=limits,
-                default_limits=default,
-                run_id=run_id,
-                after_exit=after_exit,
-                fault=fault,
-            )
+            attempt = Attempt(
+                config, rd, run_id, task, eval_rows, eval_sha, planes, user_code, journal, fanout,
+                handlers, sample_rollouts, live,
+            )  # fmt: skip
+            ctx: RunContext | None = None
             try:
-                await runner.run(ctx, INITIAL)
-                if ctx.async_rollouts is not None:
-                    await ctx.async_rollouts.finish(default.stall_s)
+                ctx = await run_attempts(attempt, resume, bus)
                 status = "done"
             except asyncio.CancelledError:
                 status = "cancelled"
@@ -243,16 +183,17 @@ async def _execute(
                 error = str(exc)
                 raise
             finally:
-                if ctx.async_rollouts is not None:
-                    await asyncio.shield(ctx.async_rollouts.stop())
-                served = ctx.served_identity
-                await asyncio.shield(ctx.aclose(delete_resources=not config.keep_resources))
+                ctx = ctx or (attempt.last_ctx if attempt is not None else None)
+                if ctx is not None:
+                    served = ctx.served_identity
+                    await asyncio.shield(ctx.aclose(delete_resources=not config.keep_resources))
     except Exception as exc:
         error = error or str(exc)
         raise
     finally:
         await asyncio.to_thread(journal.close)
         # summarize reads the whole metrics.jsonl (one row per step): off the loop like the other I/O.
+        generation = (await asyncio.to_thread(rd.replay)).generation
         summary = await asyncio.to_thread(
             summarize,
             rd,
@@ -279,18 +220,6 @@ async def _write_report(rd: RunDir) -> None:
         log.warning("run report not written", run_dir=str(rd.path), error=f"{type(exc).__name__}: {exc}")
 
 
-def schedule_of(config: RunConfig) -> Schedule:
-    """The run's Schedule, from its intervals and recipe."""
-    return Schedule(
-        max_steps=config.max_steps,
-        sync_every=config.intervals.sync_every,
-        eval_every=config.intervals.eval_every,
-        checkpoint_every=config.intervals.checkpoint_every,
-        # async RL: the rollout machine samples, the learner never enters SAMPLING
-        needs_rollouts=config.recipe == "rl" and config.rl.async_rollouts is None,
-    )
-
-
 def _handlers() -> tuple[dict[State, Any], Any]:
     from engine.states import handlers, rollout
 
@@ -300,10 +229,10 @@ def _handlers() -> tuple[dict[State, Any], Any]:
 class RunHandle:
     """A run in progress: watch it, cancel it, await its summary."""
 
-    def __init__(self, task: asyncio.Task[RunSummary], bus: EventBus, live: _Live | None = None) -> None:
+    def __init__(self, task: asyncio.Task[RunSummary], bus: EventBus, live: LiveView | None = None) -> None:
         self.task = task
         self.bus = bus
-        self._live = live or _Live()
+        self._live = live or LiveView()
 
     @property
     def concurrency_controller(self) -> ConcurrencyController | None:
@@ -346,7 +275,7 @@ def start(
     bus = EventBus()
     if on_event is not None:
         bus.add_callback(on_event)
-    live = _Live()
+    live = LiveView()
     task = asyncio.get_running_loop().create_task(
         _execute(cfg, run_dir, bus, connection, planes, sinks, live), name="hotloop-run"
     )

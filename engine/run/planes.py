@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.backends.base import DeploymentBackend, Planes, TrainerBackend
+from engine.backends.base import DeploymentBackend, Planes, SupervisedControlPlane, TrainerBackend
 from engine.config import RunConfig
 from engine.errors import ConfigError
 
@@ -42,9 +43,10 @@ def needs_control_plane(config: RunConfig) -> bool:
 
 async def _control_plane(
     config: RunConfig, run_dir: Path, stack: contextlib.AsyncExitStack, given: ControlPlaneConnection | None
-) -> ControlPlaneConnection:
+) -> tuple[ControlPlaneConnection, SupervisedControlPlane | None]:
+    """The connection, and the control plane's process when the run starts it (the embedded stack)."""
     if given is not None:
-        return given
+        return given, None
     backend = config.backend
     if backend.kind == "remote":
         assert backend.base_url is not None  # the config validator requires it
@@ -55,13 +57,16 @@ async def _control_plane(
             inference_url=backend.inference_url,
             hotload_api_url=backend.hotload_api_url,
             trainer_gateway_url=backend.trainer_gateway_url,
-        )
+        ), None
     from engine.local.stack import EmbeddedStack
 
+    # The embedded trainer has no use for tinker's telemetry, and a dead one turns it into a flood of
+    # "Telemetry queue full" lines: off, unless the environment asks for it (TINKER_TELEMETRY=1).
+    os.environ.setdefault("TINKER_TELEMETRY", "0")
     embedded = await stack.enter_async_context(EmbeddedStack(run_dir / "stack"))
     return ControlPlaneConnection(
         base_url=embedded.base_url, api_key=embedded.api_key, account_id=embedded.account_id
-    )
+    ), embedded
 
 
 def _model_dir(model: str) -> Path:
@@ -129,7 +134,10 @@ async def open_planes(
     connection: ControlPlaneConnection | None = None,
 ) -> Planes:
     """Build the run's backends; everything opened is closed by ``stack``."""
-    conn = await _control_plane(config, run_dir, stack, connection) if needs_control_plane(config) else None
+    conn: ControlPlaneConnection | None = None
+    supervised: SupervisedControlPlane | None = None
+    if needs_control_plane(config):
+        conn, supervised = await _control_plane(config, run_dir, stack, connection)
     trainer: TrainerBackend
     deployment: DeploymentBackend
     if config.trainer.kind == "control_plane":
@@ -173,4 +181,4 @@ async def open_planes(
     else:
         deployment = await _vllm(config, run_dir)
     stack.push_async_callback(deployment.aclose)
-    return Planes(trainer, deployment)
+    return Planes(trainer, deployment, supervised)

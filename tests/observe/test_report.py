@@ -107,8 +107,8 @@ async def test_a_report_of_a_run_in_progress(tmp_path: Path, capsys: pytest.Capt
 async def test_a_failed_run_then_its_resumed_generation(tmp_path: Path) -> None:
     p = planes()
     p.deployment.deployment.fail_next_load = True  # the first hot-load fails: SYNCING fails the run
-    with pytest.raises(RunFailed):
-        await run(run_config(tmp_path), planes=p)
+    with pytest.raises(RunFailed):  # recovery off: the run stops where it failed
+        await run(run_config(tmp_path, recovery={"enabled": False}), planes=p)
     html = (tmp_path / "run" / "report.html").read_text()  # written even though the run failed
     assert '<span class="badge failed">failed</span>' in html
     timeline = plot(html, "timeline")

@@ -5,6 +5,11 @@ fake deployment holds one identity, refuses a delta whose parent it does not hol
 not, like vLLM 0.32) the identity of every completion. States and whole runs are driven against them
 without processes or network, so every branch of the states can be tested in milliseconds.
 
+Parts can die (``Trainer.die_after_step``, ``Deployment.die_at_load``, or ``kill()``): a dead part's
+calls hang, as a real client's retry loop does, its ``health`` reads FAILED, and ``recover`` (or
+a re-attaching ``wait_ready``) brings it back -- a trainer with its saved states but no live model, a
+deployment with its initial weights -- so recovery runs through every state in milliseconds.
+
 For asynchronous RL they can be slow on purpose (``Timings``: sampling, training and hot-load
 times, real sleeps) and model what a hot-load does to a completion in flight: a ``keep``
 deployment (hotloop's) finishes it on the weights it started with and names them; a ``drain`` one
@@ -23,6 +28,7 @@ from typing import Any
 from engine.backends.base import (
     DeploymentRef,
     DeploymentSpec,
+    Health,
     RestorePoint,
     SamplerSnapshot,
     SnapshotStore,
@@ -59,14 +65,34 @@ class FakeTokenizer:
         return self.eos_token_id
 
 
+async def hang_while_dead(part: Any) -> None:
+    """A dead part's call: wait (like a client retrying a refused connection) until cancelled."""
+    if not part.alive:
+        await asyncio.Event().wait()
+
+
 @dataclass
 class Trainer:
-    """What a trainer 'process' holds; it outlives sessions (and a run's crash)."""
+    """What a trainer 'process' holds; it outlives sessions (and a run's crash). Its saved states
+    survive its death (they are on disk); its live models do not (``incarnation`` counts restarts)."""
 
     optimizer_steps: int = 0
     states: dict[str, int] = field(default_factory=dict)  # save_state path -> optimizer steps
     snapshots: dict[str, str | None] = field(default_factory=dict)  # identity -> delta parent
     sessions: int = 0
+    alive: bool = True
+    incarnation: int = 0
+    die_after_step: set[int] = field(default_factory=set)  # die once this optimizer step is applied
+    deaths: int = 0
+
+    def kill(self) -> None:
+        self.alive = False
+        self.deaths += 1
+
+    def restart(self) -> None:
+        if not self.alive:
+            self.alive = True
+            self.incarnation += 1
 
 
 class FakeSession:
@@ -81,26 +107,40 @@ class FakeSession:
         self.tag = tag
         self.closed = False
         self.timings = timings
+        self.incarnation = trainer.incarnation
+
+    async def _alive(self) -> None:
+        await hang_while_dead(self.trainer)
+        if self.incarnation != self.trainer.incarnation:  # the trainer restarted: this model is gone
+            raise FatalError(f"model-{self.tag}: unknown model (the trainer restarted)")
 
     @property
     def optimizer_steps(self) -> int:
         return self._steps
 
     async def forward_backward_custom(self, data: Any, fn: Any) -> Any:
+        await self._alive()
         await asyncio.sleep(self.timings.train_s)
         return SimpleNamespace(metrics={"objective": -0.1})
 
     async def forward_backward(self, data: Any, loss_fn: Any, loss_fn_config: Any = None) -> Any:
+        await self._alive()
         await asyncio.sleep(0)
         return SimpleNamespace(metrics={"loss:sum": float(len(data))})
 
     async def optim_step(self, adam: Any) -> Any:
+        await self._alive()
         await asyncio.sleep(0)
         self._steps += 1
         self.trainer.optimizer_steps = self._steps
+        if self._steps in self.trainer.die_after_step:  # applied on the trainer, never answered
+            self.trainer.die_after_step.discard(self._steps)
+            self.trainer.kill()
+            await self._alive()
         return SimpleNamespace(metrics={"optimizer_step:max": float(self._steps)})
 
     async def save_state(self, name: str) -> str:
+        await self._alive()
         path = f"tinker://run-{self.tag}/weights/{name}"
         self.trainer.states[path] = self._steps
         return path
@@ -108,6 +148,7 @@ class FakeSession:
     async def save_weights_for_sampler(
         self, name: str, checkpoint_type: str = "base", parent_snapshot_identity: str | None = None
     ) -> SamplerSnapshot:
+        await self._alive()
         identity = f"{name}-{self.tag}"
         kind = "base" if self.lora_rank else checkpoint_type
         parent = parent_snapshot_identity if kind == "delta" else None
@@ -136,6 +177,7 @@ class FakeTrainerBackend:
         self.reattached = 0
         self.released: list[bool] = []
         self.session_steps_override: int | None = None  # a trainer that reports a wrong count
+        self.recovered = 0
 
     async def provision(self, spec: TrainerSpec, known: TrainerRef | None) -> TrainerRef:
         resource = known.resource_id if known is not None else spec.resource_id
@@ -144,7 +186,20 @@ class FakeTrainerBackend:
 
     async def wait_ready(self, ref: TrainerRef, *, reattach: bool, timeout_s: float) -> TrainerRef:
         self.reattached += int(reattach)
+        if reattach:
+            self.trainer.restart()  # like reconnect_and_wait: a FAILED job is resumed
+        await hang_while_dead(self.trainer)
         return TrainerRef(ref.kind, ref.resource_id, {**ref.attrs, "ready": "yes"})
+
+    async def health(self, ref: TrainerRef) -> Health:
+        if self.trainer.alive:
+            return Health("ok", f"trainer job {ref.resource_id!r} is RUNNING")
+        return Health("failed", f"trainer job {ref.resource_id!r} is FAILED: injected: process killed")
+
+    async def recover(self, ref: TrainerRef, *, timeout_s: float) -> TrainerRef:
+        self.recovered += 1
+        self.trainer.restart()
+        return ref
 
     async def open_session(
         self, ref: TrainerRef, spec: TrainerSpec, restore: RestorePoint | None
@@ -179,6 +234,19 @@ class Deployment:
     completions: list[tuple[str | None, str | None]] = field(default_factory=list)  # (generated, reported)
     weights: list[str | None] = field(default_factory=lambda: [None])  # every identity ever held
     fail_sampling_after: int | None = None  # requests that succeed before sampling breaks
+    alive: bool = True
+    die_at_load: set[int] = field(default_factory=set)  # die when asked for this (1-based) hot-load
+    asked: int = 0  # hot-loads asked for
+    deaths: int = 0
+
+    def kill(self) -> None:
+        self.alive = False
+        self.deaths += 1
+
+    def recreate(self) -> None:
+        """A new deployment with the same id: its initial weights."""
+        self.alive = True
+        self.held = None
 
     def generated_by(self, completion_tokens: Any) -> str | None:
         """The ground truth: which weights generated a completion (its first token says, see below)."""
@@ -195,10 +263,15 @@ class FakeHotLoader:
         self.timings = timings
 
     async def read_identity(self) -> tuple[bool, str | None]:
+        await hang_while_dead(self.deployment)
         return True, self.deployment.held
 
     async def load(self, snapshot: SamplerSnapshot, *, parent: str | None) -> None:
         dep = self.deployment
+        dep.asked += 1
+        if dep.asked in dep.die_at_load:
+            dep.kill()
+        await hang_while_dead(dep)
         if dep.fail_next_load:
             dep.fail_next_load = False
             raise FatalError(f"injected failure loading {snapshot.snapshot_name!r}")
@@ -249,6 +322,7 @@ class FakeSampler:
         self, prompt: list[int], n: int = 1, max_tokens: int = 4, temperature: float = 1.0, **_: Any
     ) -> list[FakeCompletion]:
         dep = self.deployment
+        await hang_while_dead(dep)
         if dep.fail_sampling_after is not None and self.requests >= dep.fail_sampling_after:
             raise FatalError("injected: the deployment stopped answering completions")
         epoch = await self.gate.enter(60.0)
@@ -304,6 +378,7 @@ class FakeDeploymentBackend:
         self.timings = timings
         self.released: list[bool] = []
         self.samplers: list[FakeSampler] = []
+        self.recovered = 0
 
     async def provision(
         self, spec: DeploymentSpec, trainer: TrainerRef, known: DeploymentRef | None
@@ -313,6 +388,18 @@ class FakeDeploymentBackend:
         )
 
     async def wait_ready(self, ref: DeploymentRef, *, timeout_s: float) -> DeploymentRef:
+        if not self.deployment.alive:
+            raise FatalError(f"deployment {ref.resource_id!r} is FAILED")
+        return ref
+
+    async def health(self, ref: DeploymentRef) -> Health:
+        if self.deployment.alive:
+            return Health("ok", f"deployment {ref.resource_id!r} is READY")
+        return Health("failed", f"deployment {ref.resource_id!r} is FAILED: injected: process killed")
+
+    async def recover(self, ref: DeploymentRef, trainer: TrainerRef, *, timeout_s: float) -> DeploymentRef:
+        self.recovered += 1
+        self.deployment.recreate()
         return ref
 
     def hot_loader(

@@ -170,8 +170,8 @@ async def test_a_rollout_failure_fails_the_run_naming_the_rollout_state(tmp_path
     seen: list[LifecycleEvent] = []
     with pytest.raises(
         Exception, match=r"rollout machine failed in SAMPLING for step \d: FatalError: injected"
-    ):
-        await run(config(tmp_path, 1), planes=p, on_event=seen.append)
+    ):  # recovery off: the failure as the run reports it (tests/recovery heals such runs)
+        await run(config(tmp_path, 1, recovery={"enabled": False}), planes=p, on_event=seen.append)
     records = read_journal(tmp_path / "run" / "journal.jsonl")
     failed = [r for r in records if r["event"] == "exit" and r.get("next") == "failed"]
     assert len(failed) == 1 and failed[0]["state"] == "training" and "RolloutFailed" in failed[0]["error"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.backends.base import PartLost
 from engine.errors import FatalError, RetryableError, StuckError
 
 
@@ -38,20 +39,23 @@ class RetriesExhaustedError(RetryableError):
         self.last_status = last_status
 
 
-class TrainerJobFailedError(FatalError):
-    """The trainer job reached a failed, stopped or deleted state while we waited for it."""
+class TrainerJobFailedError(FatalError, PartLost):
+    """The trainer job reached a failed, stopped or deleted state while we waited for it (a lost
+    part to the recovery policy: FAILED or stopped can be resumed, deleted is gone)."""
 
     def __init__(self, message: str, *, job_id: str, state: str) -> None:
-        super().__init__(message)
+        gone = state in ("JOB_STATE_DELETED", "JOB_STATE_ARCHIVED", "JOB_STATE_DELETING")
+        PartLost.__init__(self, "trainer", "gone" if gone else "failed", message)
         self.job_id = job_id
         self.state = state
 
 
-class DeploymentFailedError(FatalError):
-    """The deployment reached FAILED, DELETING or DELETED while we waited for it."""
+class DeploymentFailedError(FatalError, PartLost):
+    """The deployment reached FAILED, DELETING or DELETED while we waited for it (a lost part:
+    it can be re-created)."""
 
     def __init__(self, message: str, *, deployment_id: str, state: str) -> None:
-        super().__init__(message)
+        PartLost.__init__(self, "deployment", "failed" if state == "FAILED" else "gone", message)
         self.deployment_id = deployment_id
         self.state = state
 

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 from engine.backends.base import (
     DeploymentRef,
     DeploymentSpec,
+    Health,
     HotloadPolicy,
     RestorePoint,
     SnapshotStore,
@@ -31,6 +32,7 @@ from engine.backends.base import (
 from engine.backends.fireworks.config import DeploymentConfig, TrainerJobConfig
 from engine.backends.fireworks.deployments import DeploymentManager
 from engine.backends.fireworks.dialect import FireworksDialect
+from engine.backends.fireworks.health import deployment_health, job_health, recover_deployment, recover_job
 from engine.backends.fireworks.hotload import ControlPlaneHotLoader
 from engine.backends.fireworks.jobs import TrainerJobManager
 from engine.backends.tinker.session import TokenizerLoader
@@ -151,6 +153,13 @@ class ControlPlaneTrainer:
     async def aclose(self) -> None:
         await self.jobs.aclose()
 
+    async def health(self, ref: TrainerRef) -> Health:
+        return await job_health(self.jobs, ref.resource_id)
+
+    async def recover(self, ref: TrainerRef, *, timeout_s: float) -> TrainerRef:
+        base_url = await recover_job(self.jobs, ref.resource_id, timeout_s=timeout_s, poll_s=POLL_S)
+        return replace(ref, attrs={**ref.attrs, "base_url": base_url})
+
 
 class ControlPlaneDeployment:
     kind = KIND
@@ -246,3 +255,12 @@ class ControlPlaneDeployment:
 
     async def aclose(self) -> None:
         await self.deployments.aclose()
+
+    async def health(self, ref: DeploymentRef) -> Health:
+        return await deployment_health(self.deployments, ref.resource_id)
+
+    async def recover(self, ref: DeploymentRef, trainer: TrainerRef, *, timeout_s: float) -> DeploymentRef:
+        await recover_deployment(
+            self.deployments, ref, trainer, trainer_kind=KIND, timeout_s=timeout_s, poll_s=POLL_S
+        )
+        return ref

@@ -273,3 +273,18 @@ class RestClient:
             return None, f"timed out after {timeout_s:g}s"
         except aiohttp.ClientError as exc:
             return None, f"connection error: {exc!r}"
+
+    async def request_once(
+        self, method: str, path_or_url: str, *, timeout_s: float = 10.0, none_on_404: bool = False
+    ) -> HttpResult:
+        """One unretried attempt (health checks: a failure is an answer, not something to wait out);
+        raises the same typed errors as one attempt of ``request``."""
+        return await self._attempt(
+            method,
+            self.url(path_or_url),
+            params=None,
+            json_body=None,
+            headers=None,
+            timeout_s=timeout_s,
+            none_on_404=none_on_404,
+        )

@@ -22,6 +22,7 @@ import aiohttp
 
 from engine.backends.base import (
     CheckpointType,
+    Health,
     RestorePoint,
     SamplerSnapshot,
     SnapshotStore,
@@ -36,6 +37,7 @@ from engine.weights.names import SnapshotError
 
 KIND = "tinker"
 HEALTH_POLL_S = 0.5
+HEALTH_READ_S = 10.0  # one health read; a service slower than this is unreachable to the run
 DOWNLOAD_TIMEOUT_S = 600.0
 _log = get_logger("backends.tinker")
 
@@ -192,30 +194,47 @@ class TinkerTrainer:
         # A Tinker service has no resources to create: the run's model is created when it connects.
         return TrainerRef(KIND, known.resource_id if known else spec.resource_id, {"base_url": self.base_url})
 
-    async def wait_ready(self, ref: TrainerRef, *, reattach: bool, timeout_s: float) -> TrainerRef:
+    def _http(self) -> aiohttp.ClientSession:
         key, extra = tinker_credentials(self._api_key)
-        url = f"{self.base_url}/api/v1/healthz"
+        return aiohttp.ClientSession(headers={"X-API-Key": key, **extra})
+
+    async def _healthz(self, http: aiohttp.ClientSession) -> tuple[int | None, str]:
+        """One ``GET /api/v1/healthz``: its status (None: no answer) and what to say about it."""
+        try:
+            async with http.get(
+                f"{self.base_url}/api/v1/healthz", timeout=aiohttp.ClientTimeout(total=HEALTH_READ_S)
+            ) as resp:
+                return resp.status, f"HTTP {resp.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+
+    async def wait_ready(self, ref: TrainerRef, *, reattach: bool, timeout_s: float) -> TrainerRef:
         last = "no answer"
         try:
-            async with (
-                asyncio.timeout(timeout_s),
-                aiohttp.ClientSession(headers={"X-API-Key": key, **extra}) as http,
-            ):
+            async with asyncio.timeout(timeout_s), self._http() as http:
                 while True:
-                    try:
-                        async with http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                            if resp.status == 200:
-                                return ref
-                            last = f"HTTP {resp.status}"
-                            if resp.status in (401, 403):
-                                raise FatalError(f"Tinker service at {self.base_url}: {last} (check the key)")
-                    except aiohttp.ClientError as exc:
-                        last = f"{type(exc).__name__}: {exc}"
+                    status, last = await self._healthz(http)
+                    if status == 200:
+                        return ref
+                    if status in (401, 403):
+                        raise FatalError(f"Tinker service at {self.base_url}: {last} (check the key)")
                     await asyncio.sleep(HEALTH_POLL_S)
         except TimeoutError:
             raise StuckError(
                 f"Tinker service at {self.base_url} not healthy within {timeout_s:g}s ({last})"
             ) from None
+
+    async def health(self, ref: TrainerRef) -> Health:
+        # A service, not a job: hotloop cannot see it fail, only stop answering.
+        async with self._http() as http:
+            status, what = await self._healthz(http)
+        if status == 200:
+            return Health("ok", f"Tinker service at {self.base_url} answers /api/v1/healthz")
+        return Health("unreachable", f"Tinker service at {self.base_url}: {what}")
+
+    async def recover(self, ref: TrainerRef, *, timeout_s: float) -> TrainerRef:
+        # Nothing to restart from here: wait for the service; the run restores its last full state.
+        return await self.wait_ready(ref, reattach=True, timeout_s=timeout_s)
 
     async def open_session(
         self, ref: TrainerRef, spec: TrainerSpec, restore: RestorePoint | None

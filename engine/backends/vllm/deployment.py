@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.backends.base import DeploymentRef, DeploymentSpec, HotloadPolicy, SnapshotStore, TrainerRef
+from engine.backends.base import (
+    DeploymentRef,
+    DeploymentSpec,
+    Health,
+    HotloadPolicy,
+    SnapshotStore,
+    TrainerRef,
+)
 from engine.backends.vllm.admin import PauseMode, VllmAdminClient
 from engine.backends.vllm.dialect import VllmDialect
 from engine.backends.vllm.errors import VllmAdminError, VllmUnavailableError
@@ -24,6 +31,7 @@ from engine.backends.vllm.launcher import VllmLaunchSpec, VllmServer
 from engine.backends.vllm.materialize import WeightsMaterializer, read_layout
 from engine.errors import ConfigError, StuckError
 from engine.log import get_logger
+from engine.processes import describe_exit
 from engine.weights.names import SnapshotError
 
 if TYPE_CHECKING:
@@ -234,6 +242,36 @@ class VllmDeployment:
         if self._server is not None:
             await self._server.stop()
             self._server = None
+
+    async def health(self, ref: DeploymentRef) -> Health:
+        """A launched server: its process first (a dead one is ``failed``, with its exit and log);
+        then ``/health`` (an attached server that does not answer is ``unreachable``)."""
+        server = self._server
+        if self.launch is not None and server is not None and server.proc is not None:
+            code = server.proc.returncode
+            if code is not None:
+                lines = [line.strip() for line in server.log_tail(800).splitlines() if line.strip()]
+                tail = " | ".join(lines[-3:])
+                return Health(
+                    "failed",
+                    f"the vLLM server hotloop launched (pid {server.proc.pid}) {describe_exit(code)}"
+                    + (f"; its log ends: {tail}" if tail else ""),
+                )
+        admin = self._admin_for(ref)
+        if await admin.health():
+            return Health("ok", f"vLLM at {admin.base_url} answers /health")
+        return Health("unreachable", f"vLLM at {admin.base_url} does not answer /health with 200")
+
+    async def recover(self, ref: DeploymentRef, trainer: TrainerRef, *, timeout_s: float) -> DeploymentRef:
+        """Relaunch a launched server that died (its weights are then the initial ones); wait for an
+        attached one to answer again."""
+        attrs = dict(ref.attrs)
+        if self.launch is not None:
+            if self._server is not None:
+                await self._server.stop()
+            self._server = VllmServer(self.launch, self.work_dir / "vllm.log", api_key=self._api_key)
+            attrs["base_url"] = self.base_url = await self._server.start(min(timeout_s, self.start_timeout_s))
+        return await self.wait_ready(DeploymentRef(ref.kind, ref.resource_id, attrs), timeout_s=timeout_s)
 
     async def aclose(self) -> None:
         if self._admin is not None:
