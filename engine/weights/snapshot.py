@@ -31,6 +31,7 @@ snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -409,7 +410,9 @@ def load_snapshot(
             raise SnapshotError(f"snapshot {identity!r}: weights do not match the manifest hash")
         return manifest, state
     if current is not None and current[0] is not None:
-        current = (resolve(bucket, current[0]), current[1])
+        # a bare name held is that name's stored identity; one not in the bucket stays as it is
+        with contextlib.suppress(SnapshotError):
+            current = (resolve(bucket, current[0]), current[1])
     if current is None or current[0] != manifest.parent:
         held = current[0] if current else None
         raise SnapshotError(

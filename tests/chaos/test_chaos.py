@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 from support.chaos import FaultProxy, SeededMoments, repeated_lines, seeded_faults
-from support.chaos_run import COLLECTED, ChaosResult, Strike, chaos_config, chaos_run, hotloop, part_pids
+from support.chaos_run import COLLECTED, ChaosResult, Strike, chaos_config, chaos_run, part_pids
+from support.launch import hotloop_cli
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
@@ -209,7 +210,7 @@ async def test_an_exhausted_budget_fails_naming_the_cause_and_resume_finishes(
     )
     assert [r["action"] for r in result.recoveries()] == ["reconnect_trainer", "fail"]
     # A person resumes it: the same command the CLI prints, a fresh budget.
-    code, out = await hotloop(["resume", str(result.run_dir), "--no-progress"], env_for(chaos_stack), 300)
+    code, out = await hotloop_cli(["resume", str(result.run_dir), "--no-progress"], env_for(chaos_stack), 300)
     assert code == 0, out[-3000:]
     resumed = ChaosResult(code, out, result.run_dir, 8, 0.0, [], [])
     check_finished(resumed)

@@ -22,7 +22,7 @@ from run_support import (
     served_identity,
     tiny_config,
 )
-from test_run_crash_resume import hotloop
+from support.launch import hotloop_cli
 
 from engine.run.orchestrator import run
 
@@ -119,7 +119,7 @@ async def test_async_kill_in_every_learner_state_and_mid_overlap_then_resume(
         args = (
             ["run", str(config), "--no-progress"] if i % 2 == 0 else ["resume", str(run_dir), "--no-progress"]
         )
-        code, out = await hotloop(args, {**base_env, "HOTLOOP_FAULT": fault})
+        code, out = await hotloop_cli(args, {**base_env, "HOTLOOP_FAULT": fault})
         assert code == -signal.SIGKILL, f"{fault}: exit {code}\n{out[-3000:]}"
         target = fault.split(":")[1]
         in_rollout = target.startswith("rollout.")
@@ -129,7 +129,7 @@ async def test_async_kill_in_every_learner_state_and_mid_overlap_then_resume(
             assert last["phase"] == "enter" and last["state"] == state and last["target"] == int(step), last
         else:  # the learner's journal ends inside the faulted state: entered, never exited
             assert last["event"] == "enter" and last["state"] == state.lower(), (fault, last)
-    code, out = await hotloop(["resume", str(run_dir), "--no-progress"], base_env)
+    code, out = await hotloop_cli(["resume", str(run_dir), "--no-progress"], base_env)
     assert code == 0, out[-3000:]
 
     records = journal(run_dir)

@@ -9,10 +9,8 @@ hot-loaded -- which is where a careless engine repeats or loses work.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from run_support import (
     served_identity,
     tiny_config,
 )
+from support.launch import hotloop_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
@@ -42,20 +41,6 @@ FAULTS = [
 ]
 
 
-async def hotloop(args: list[str], env: dict[str, str], timeout_s: float = 240) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", "--log-format", "json", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-    )  # fmt: skip
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
-        return proc.returncode or 0, out.decode(errors="replace")
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
 async def test_kill_in_every_state_and_resume(run_stack: Any, tmp_path: Path) -> None:
     run_dir = tmp_path / "crash"
     config = tmp_path / "crash.yaml"
@@ -65,13 +50,13 @@ async def test_kill_in_every_state_and_resume(run_stack: Any, tmp_path: Path) ->
         args = (
             ["run", str(config), "--no-progress"] if i % 2 == 0 else ["resume", str(run_dir), "--no-progress"]
         )
-        code, out = await hotloop(args, {**base_env, "HOTLOOP_FAULT": fault})
+        code, out = await hotloop_cli(args, {**base_env, "HOTLOOP_FAULT": fault})
         assert code == -signal.SIGKILL, f"{fault}: exit {code}\n{out[-3000:]}"
         # The journal ends inside the faulted state: entered, never exited.
         last = journal(run_dir)[-1]
         state = fault.split(":")[1].split("@")[0].lower()
         assert last["event"] == "enter" and last["state"] == state, (fault, last)
-    code, out = await hotloop(["resume", str(run_dir), "--no-progress"], base_env)
+    code, out = await hotloop_cli(["resume", str(run_dir), "--no-progress"], base_env)
     assert code == 0, out[-3000:]
 
     records = journal(run_dir)

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from support.chaos import Injection, pids_with, step_rows, wait_for_step
+from support.launch import hotloop_cli
 
 Part = Literal["trainer", "deployment", "control_plane"]
 COLLECTED: list[ChaosResult] = []  # the chaos tests' results, for the table printed at the end
@@ -188,21 +188,6 @@ async def _strike(strike: Strike, run_dir: Path, find: Callable[[Part], list[int
             os.kill(pid, signal.SIGKILL)
 
 
-async def hotloop(args: Sequence[str], env: dict[str, str], timeout_s: float) -> tuple[int, str]:
-    """``hotloop --log-format json ARGS`` as a subprocess: (exit status, stdout and stderr together)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", "--log-format", "json", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-    )  # fmt: skip
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
-        return proc.returncode or 0, out.decode(errors="replace")
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
 async def chaos_run(
     cfg: dict[str, Any],
     *,
@@ -220,7 +205,7 @@ async def chaos_run(
     path.write_text(yaml.safe_dump(cfg))
     started = time.monotonic()
     command = list(args) if args is not None else ["run", str(path), "--no-progress"]
-    run = asyncio.create_task(hotloop(command, {**env, "TINKER_TELEMETRY": "0"}, timeout_s))
+    run = asyncio.create_task(hotloop_cli(command, {**env, "TINKER_TELEMETRY": "0"}, timeout_s))
     helpers = [asyncio.create_task(_strike(s, run_dir, find, timeout_s)) for s in strikes]
     helpers += [asyncio.create_task(fn()) for fn in also]
     try:

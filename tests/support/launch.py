@@ -39,6 +39,7 @@ __all__ = [
     "LaunchedServer",
     "alaunched",
     "aterminate",
+    "hotloop_cli",
     "launched",
     "serve_argv",
     "terminate",
@@ -234,3 +235,21 @@ async def alaunched(
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()  # cancelled while stopping: never leave the process behind
                 raise
+
+
+async def hotloop_cli(
+    args: Sequence[str], env: Mapping[str, str], timeout_s: float = 420.0, cwd: Path | None = None
+) -> tuple[int, str]:
+    """``hotloop --log-format json ARGS`` as a user runs it, a subprocess: (exit status, its stdout and
+    stderr together). Killed if it outlives ``timeout_s``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine.cli", "--log-format", "json", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=dict(env), cwd=cwd,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+        return proc.returncode or 0, out.decode(errors="replace")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

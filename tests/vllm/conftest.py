@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -63,3 +64,12 @@ def trainer_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     config = TrainerConfig(model=MODEL, bucket=bucket, poll_timeout_s=2.0, torch_threads=1)
     with serve_in_thread(config) as thread:
         yield thread.url, bucket
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any]:
+    """An embedded stack whose trainer the vLLM runs train on (backend: remote)."""
+    from engine.local.stack import EmbeddedStack
+
+    async with EmbeddedStack(tmp_path_factory.mktemp("vllm-run-stack")) as s:
+        yield s

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 from e2e_run.run_support import check_exactly_once, journal, rows
-from support.launch import TRAINER_URL_KEY, launched, serve_argv
-from vllm_support import ROOT, hotloop
+from support.launch import TRAINER_URL_KEY, hotloop_cli, launched, serve_argv
+from vllm_support import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 KEY = "tml-tinker-vllm-test-key"
@@ -53,12 +53,12 @@ async def test_a_tinker_trainer_with_vllm_resumes_after_a_kill(
         "HOTLOOP_VLLM_URL": vllm.ref.attrs["base_url"], "TINKER_TELEMETRY": "0",
     }  # fmt: skip
 
-    code, out = await hotloop(
+    code, out = await hotloop_cli(
         ["run", str(path), "--no-progress"], {**env, "HOTLOOP_FAULT": "kill:TRAINING@5:exit"}
     )
     assert code == -signal.SIGKILL, out[-3000:]
     assert not (run_dir / "stack").exists()  # no control plane was started
-    code, out = await hotloop(["resume", str(run_dir), "--no-progress"], env)
+    code, out = await hotloop_cli(["resume", str(run_dir), "--no-progress"], env)
     assert code == 0, out[-3000:]
 
     check_exactly_once(run_dir, STEPS)

@@ -6,28 +6,19 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
 from e2e_run.run_support import check_exactly_once, journal, rows
-from vllm_support import ROOT, hotloop
+from support.launch import hotloop_cli
+from vllm_support import ROOT
 
 from engine.backends.vllm import VllmAdminClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 STEPS = 10
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any]:
-    from engine.local.stack import EmbeddedStack
-
-    async with EmbeddedStack(tmp_path_factory.mktemp("vllm-run-stack")) as s:
-        yield s
 
 
 async def test_the_demo_on_vllm_killed_in_syncing_resumes_exactly(
@@ -46,12 +37,12 @@ async def test_the_demo_on_vllm_killed_in_syncing_resumes_exactly(
     url = vllm.ref.attrs["base_url"]
     env = {**os.environ, "HOTLOOP_API_KEY": stack.api_key, "HOTLOOP_VLLM_URL": url, "TINKER_TELEMETRY": "0"}
 
-    code, out = await hotloop(
+    code, out = await hotloop_cli(
         ["run", str(path), "--no-progress"], {**env, "HOTLOOP_FAULT": "kill:SYNCING@3:exit"}
     )
     assert code == -signal.SIGKILL, out[-3000:]
     assert journal(run_dir)[-1]["event"] == "enter" and journal(run_dir)[-1]["state"] == "syncing"
-    code, out = await hotloop(["resume", str(run_dir), "--no-progress"], env)
+    code, out = await hotloop_cli(["resume", str(run_dir), "--no-progress"], env)
     assert code == 0, out[-3000:]
 
     steps = check_exactly_once(run_dir, STEPS)

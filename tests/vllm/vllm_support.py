@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,15 +64,3 @@ async def trainer_logprobs(session: TrainingSession, completions: Sequence[Any])
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def hotloop(args: list[str], env: dict[str, str], timeout_s: float = 420) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", "--log-format", "json", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=ROOT,
-    )  # fmt: skip
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
-        return proc.returncode or 0, out.decode(errors="replace")
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
