@@ -112,3 +112,22 @@ def test_materialize_walks_the_chain(tmp_path: Path) -> None:
     manifest, got = snap.materialize(tmp_path, "d2")
     assert manifest.identity == "d2"
     assert all(torch.equal(got[k], s2[k]) for k in s2)
+
+
+def test_a_bare_name_resolves_to_the_one_run_that_holds_it(tmp_path: Path) -> None:
+    # hotloop's trainer stores per run (<run>/<name>); Fireworks' SDK hot-loads the bare name it saved.
+    s0, s1 = _state(0), _state(1)
+    snap.write_base(tmp_path, "run-a/step-0", s0, "tiny")
+    snap.write_delta(tmp_path, "run-a/step-1", s1, "run-a/step-0", s0, "tiny")
+    assert snap.resolve(tmp_path, "step-1") == "run-a/step-1"
+    assert snap.resolve(tmp_path, "run-b/step-1") == "run-b/step-1"  # a full identity is taken as is
+    assert snap.read_manifest(tmp_path, "step-1").parent == "run-a/step-0"
+    # A delta named bare applies onto weights held under the parent's bare name.
+    _, got = snap.load_snapshot(tmp_path, "step-1", ("step-0", s0))
+    assert all(torch.equal(got[k], s1[k]) for k in s1)
+
+    snap.write_base(tmp_path, "run-b/step-0", s0, "tiny")
+    with pytest.raises(snap.SnapshotError, match=r"'step-0' is ambiguous .*\['run-a', 'run-b'\]"):
+        snap.resolve(tmp_path, "step-0")
+    with pytest.raises(snap.SnapshotError, match="'step-9' not found"):
+        snap.resolve(tmp_path, "step-9")

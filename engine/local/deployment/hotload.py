@@ -160,8 +160,7 @@ class HotLoader:
         """Runs in a worker thread: read, verify and (for a delta) apply the snapshot."""
         assert self.bucket is not None
         manifest = read_manifest(self.bucket, identity)
-        held = resolve(self.bucket, serving) if serving is not None else None  # both as stored
-        if manifest.kind == "delta" and manifest.parent != held:
+        if manifest.kind == "delta" and manifest.parent != _stored(self.bucket, serving):
             raise SnapshotError(
                 f"delta {identity!r} has parent {manifest.parent!r} but this deployment serves {serving!r}"
             )
@@ -169,6 +168,17 @@ class HotLoader:
         manifest, state = load_snapshot(self.bucket, identity, current)
         self.scheduler.runner.check_compatible(state)
         return manifest, state
+
+
+def _stored(bucket: Path, identity: str | None) -> str | None:
+    """``identity`` as the bucket stores it (a bare name is its run's ``<run>/<name>``); one the
+    bucket does not hold stays as it is, and a delta against it is refused by name."""
+    if identity is None:
+        return None
+    try:
+        return resolve(bucket, identity)
+    except SnapshotError:
+        return identity
 
 
 def _message(identity: str, exc: BaseException) -> str:
