@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.backends.tinker.session import TrainingSession, tinker_credentials
+    from engine.backends.tinker.edge import tinker_credentials
+    from engine.backends.tinker.session import TrainingSession
 
 __all__ = ["TrainingSession", "tinker_credentials"]
 

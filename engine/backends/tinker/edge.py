@@ -1,4 +1,5 @@
-"""The edge between hotloop and the tinker 0.38 client: awaiting its futures and its one extension.
+"""The edge between hotloop and the tinker 0.38 client: building its clients (keys, blocking creation
+off the loop), awaiting its futures, mapping its errors, and its one extension.
 
 tinker runs its HTTP on a background loop thread and hands back ``APIFuture``s; we await them from
 the caller's loop through ``asyncio.wrap_future`` (never ``.result()``, which would block the loop),
@@ -22,7 +23,7 @@ from tinker.lib.public_interfaces.api_future import APIFuture
 from tinker.lib.retryable_exception import RetryableException
 from tinker.types.shared.untyped_api_future import UntypedAPIFuture
 
-from engine.errors import FatalError, HotloopError, RetryableError, StuckError
+from engine.errors import ConfigError, FatalError, HotloopError, RetryableError, StuckError
 from engine.retry import is_transient
 
 T = TypeVar("T")
@@ -126,3 +127,40 @@ def save_weights_for_sampler_ext(
         )
 
     return holder.run_coroutine_threadsafe(_run())
+
+
+def tinker_credentials(api_key: str) -> tuple[str, dict[str, str]]:
+    """The key tinker accepts and extra headers for a hotloop/Fireworks key.
+
+    tinker refuses keys without the ``tml-`` prefix and sends its key as ``X-API-Key``. A gateway
+    key (hotloop's ``hl-...`` bearer token, a Fireworks key) goes as ``Authorization: Bearer`` and
+    tinker gets a prefixed copy for its own header, as Fireworks' client does.
+    """
+    if not api_key:
+        raise ConfigError("api_key: empty")
+    if api_key.startswith(("tml-", "eyJ")):
+        return api_key, {}
+    return f"tml-{api_key}", {"Authorization": f"Bearer {api_key}"}
+
+
+def service_client(base_url: str, api_key: str) -> tinker.ServiceClient:
+    """tinker's ServiceClient for a trainer at ``base_url`` with a hotloop or Fireworks key."""
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"base_url: must be an http(s) URL, got {base_url!r}")
+    key, headers = tinker_credentials(api_key)
+    return tinker.ServiceClient(base_url=base_url.rstrip("/"), api_key=key, default_headers_overrides=headers)
+
+
+async def create_client(service: tinker.ServiceClient, submit: Any, timeout_s: float, what: str) -> Any:
+    """Run ``submit`` (tinker's blocking client creation) in a thread and await the client it returns."""
+    try:
+        try:
+            async with asyncio.timeout(timeout_s):
+                fut = await asyncio.to_thread(submit)
+        except Exception as exc:
+            raise map_error(exc, what) from exc
+        return await await_future(fut, timeout_s, what)
+    except BaseException:
+        # Stop the half-built session's heartbeat; closing never blocks (it only schedules).
+        service.close("errored")
+        raise

@@ -25,7 +25,14 @@ import tinker
 from tinker import types
 
 from engine.backends.base import HOTLOOP_DELTA_FORMAT, CheckpointType, SamplerSnapshot
-from engine.backends.tinker.edge import await_future, map_error, save_weights_for_sampler_ext
+from engine.backends.tinker.edge import (
+    await_future,
+    create_client,
+    map_error,
+    save_weights_for_sampler_ext,
+    service_client,
+    tinker_credentials,
+)
 from engine.errors import ConfigError, FatalError, RetryableError
 from engine.log import get_logger
 from engine.weights.names import SnapshotError, check_identity, check_name
@@ -38,20 +45,6 @@ TokenizerLoader = Callable[[str], Any]
 _log = get_logger("engine.backends.tinker")
 DEFAULT_CONNECT_TIMEOUT_S = 300.0
 DEFAULT_OP_TIMEOUT_S = 900.0
-
-
-def tinker_credentials(api_key: str) -> tuple[str, dict[str, str]]:
-    """The key tinker accepts and extra headers for a hotloop/Fireworks key.
-
-    tinker refuses keys without the ``tml-`` prefix and sends its key as ``X-API-Key``. A gateway
-    key (hotloop's ``hl-...`` bearer token, a Fireworks key) goes as ``Authorization: Bearer`` and
-    tinker gets a prefixed copy for its own header, as Fireworks' client does.
-    """
-    if not api_key:
-        raise ConfigError("api_key: empty")
-    if api_key.startswith(("tml-", "eyJ")):
-        return api_key, {}
-    return f"tml-{api_key}", {"Authorization": f"Bearer {api_key}"}
 
 
 def _check_tag(tag: str) -> str:
@@ -123,13 +116,13 @@ class TrainingSession:
         if not base_model:
             raise ConfigError("base_model: empty")
         tag = _check_tag(session_tag if session_tag is not None else secrets.token_hex(4))
-        service = _service(base_url, api_key)
+        service = service_client(base_url, api_key)
 
         def _submit() -> Any:
             # The first call builds tinker's session synchronously: keep it off the caller's loop.
             return service.create_lora_training_client(base_model, rank=lora_rank)
 
-        client = await _create(service, _submit, timeout_s, f"connect to trainer {base_url}")
+        client = await create_client(service, _submit, timeout_s, f"connect to trainer {base_url}")
         session = await cls._finish(
             service,
             client,
@@ -168,14 +161,14 @@ class TrainingSession:
         if not state_path.startswith("tinker://"):
             raise ConfigError(f"state_path: must be a tinker:// path from save_state, got {state_path!r}")
         tag = _check_tag(session_tag if session_tag is not None else secrets.token_hex(4))
-        service = _service(base_url, api_key)
+        service = service_client(base_url, api_key)
 
         def _submit() -> Any:
             if with_optimizer:
                 return service.create_training_client_from_state_with_optimizer(state_path)
             return service.create_training_client_from_state(state_path)
 
-        client = await _create(service, _submit, timeout_s, f"load state {state_path}")
+        client = await create_client(service, _submit, timeout_s, f"load state {state_path}")
         session = await cls._finish(
             service, client, base_url, api_key, tag, op_timeout_s, timeout_s, tokenizer_loader
         )
@@ -413,27 +406,6 @@ class TrainingSession:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _service(base_url: str, api_key: str) -> tinker.ServiceClient:
-    if not base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"base_url: must be an http(s) URL, got {base_url!r}")
-    key, headers = tinker_credentials(api_key)
-    return tinker.ServiceClient(base_url=base_url.rstrip("/"), api_key=key, default_headers_overrides=headers)
-
-
-async def _create(service: tinker.ServiceClient, submit: Any, timeout_s: float, what: str) -> Any:
-    try:
-        try:
-            async with asyncio.timeout(timeout_s):
-                fut = await asyncio.to_thread(submit)
-        except Exception as exc:
-            raise map_error(exc, what) from exc
-        return await await_future(fut, timeout_s, what)
-    except BaseException:
-        # Stop the half-built session's heartbeat; closing never blocks (it only schedules).
-        service.close("errored")
-        raise
 
 
 def _load_tokenizer(client: tinker.TrainingClient, loader: TokenizerLoader | None) -> tuple[Any, str | None]:

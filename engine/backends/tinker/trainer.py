@@ -30,7 +30,8 @@ from engine.backends.base import (
     TrainerSession,
     TrainerSpec,
 )
-from engine.backends.tinker.session import TokenizerLoader, TrainingSession, tinker_credentials
+from engine.backends.tinker.edge import tinker_credentials
+from engine.backends.tinker.session import TokenizerLoader, TrainingSession
 from engine.errors import FatalError, RetryableError, StuckError
 from engine.log import get_logger
 from engine.weights.names import SnapshotError
