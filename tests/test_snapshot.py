@@ -131,3 +131,14 @@ def test_a_bare_name_resolves_to_the_one_run_that_holds_it(tmp_path: Path) -> No
         snap.resolve(tmp_path, "step-0")
     with pytest.raises(snap.SnapshotError, match="'step-9' not found"):
         snap.resolve(tmp_path, "step-9")
+
+
+async def test_the_directory_store_finds_a_bare_name_in_its_run(tmp_path: Path) -> None:
+    from engine.weights.store import DirectoryStore
+
+    snap.write_base(tmp_path, "run-a/step-0", _state(0), "tiny")
+    store = DirectoryStore(tmp_path)
+    assert await store.local_dir("step-0") == tmp_path / "run-a" / "step-0"
+    assert await store.local_dir("run-a/step-0") == tmp_path / "run-a" / "step-0"
+    with pytest.raises(snap.SnapshotError, match="'step-9' not found"):
+        await store.local_dir("step-9")

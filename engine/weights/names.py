@@ -1,4 +1,5 @@
-"""Snapshot identities: the one rule for what a snapshot may be called (no torch, no I/O).
+"""Snapshot identities: the one rule for what a snapshot may be called, and where a bucket keeps one
+(no torch; the only I/O is looking a name up in a bucket).
 
 Identities become directory names in a bucket, so they are restricted to a safe alphabet. The SDK
 validates names with this module alone; ``engine.weights.snapshot`` (which needs torch) re-exports it.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+MANIFEST = "manifest.json"  # a snapshot directory's manifest; its presence marks the snapshot
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 # A training run id (tinker's ``<session>:train:<n>``): the first segment of a per-run identity.
 _RUN_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._\-]{0,200}$")
@@ -68,3 +70,21 @@ def contained(root: Path, *parts: str) -> Path:
     if unsafe or path.resolve() != real_root.joinpath(*parts):
         raise SnapshotError(f"{'/'.join(parts)!r} leaves {root} (symlinks and '..' are not followed)")
     return path
+
+
+def resolve(bucket: Path, identity: str) -> str:
+    """The identity a snapshot is stored under. ``<run>/<name>`` is exact; a bare ``name`` is the
+    snapshot of that name at the bucket's top, else in the one training run that has it (a client
+    that names snapshots itself, as Fireworks' SDK does, hot-loads the name it saved under; two runs
+    holding one name are ambiguous, and refused)."""
+    parts = identity_parts(identity)
+    if len(parts) > 1 or contained(Path(bucket), *parts, MANIFEST).exists():
+        return identity
+    runs = sorted(p.parent.parent.name for p in Path(bucket).glob(f"*/{parts[0]}/{MANIFEST}"))
+    if len(runs) == 1:
+        return check_identity(f"{runs[0]}/{parts[0]}")
+    if runs:
+        raise SnapshotError(
+            f"snapshot {identity!r} is ambiguous in {bucket}: training runs {runs} all have it"
+        )
+    raise SnapshotError(f"snapshot {identity!r} not found in {bucket}")

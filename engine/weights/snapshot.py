@@ -49,13 +49,13 @@ import zstandard
 from safetensors.torch import load_file, save_file
 
 from engine.backends.base import HOTLOOP_DELTA_FORMAT
-from engine.weights.names import SnapshotError, check_identity, contained, identity_parts
+from engine.weights.names import MANIFEST, SnapshotError, check_identity, contained, identity_parts
 from engine.weights.names import check_name as check_name  # re-exported
+from engine.weights.names import resolve as resolve  # re-exported
 from engine.weights.names import run_identity as run_identity  # re-exported
 
 FORMAT = "hotloop-snapshot/1"
 DELTA_COMPRESSION, CHECKSUM_FORMAT = HOTLOOP_DELTA_FORMAT  # "zstd", "sha256"
-MANIFEST = "manifest.json"
 BASE_FILE = "weights.safetensors"
 DELTA_FILE = "delta.zst"
 SnapshotKind = Literal["base", "delta"]
@@ -290,24 +290,6 @@ def write_delta(
     )
     _commit(Path(bucket), manifest, lambda path: path.write_bytes(compressed))
     return read_manifest(Path(bucket), identity)
-
-
-def resolve(bucket: Path, identity: str) -> str:
-    """The identity a snapshot is stored under. ``<run>/<name>`` is exact; a bare ``name`` is the
-    snapshot of that name at the bucket's top, else in the one training run that has it (a client
-    that names snapshots itself, as Fireworks' SDK does, hot-loads the name it saved under; two runs
-    holding one name are ambiguous, and refused)."""
-    parts = identity_parts(identity)
-    if len(parts) > 1 or contained(Path(bucket), *parts, MANIFEST).exists():
-        return identity
-    runs = sorted(p.parent.parent.name for p in Path(bucket).glob(f"*/{parts[0]}/{MANIFEST}"))
-    if len(runs) == 1:
-        return check_identity(f"{runs[0]}/{parts[0]}")
-    if runs:
-        raise SnapshotError(
-            f"snapshot {identity!r} is ambiguous in {bucket}: training runs {runs} all have it"
-        )
-    raise SnapshotError(f"snapshot {identity!r} not found in {bucket}")
 
 
 def read_manifest(bucket: Path, identity: str) -> Manifest:

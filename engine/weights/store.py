@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from engine.weights.names import SnapshotError, contained, identity_parts
+from engine.weights.names import SnapshotError, contained, identity_parts, resolve
 
 
 class DirectoryStore:
@@ -15,7 +15,12 @@ class DirectoryStore:
         self.bucket = Path(bucket)
 
     async def local_dir(self, identity: str) -> Path:
-        path = contained(self.bucket, *identity_parts(identity))  # a bare name or <run>/<name>
+        # a bare name is the one training run's snapshot of that name (Fireworks' clients name them so)
+        try:
+            stored = await asyncio.to_thread(resolve, self.bucket, identity)
+        except SnapshotError:
+            stored = identity  # not a stored snapshot: refused below, by name
+        path = contained(self.bucket, *identity_parts(stored))
         if not await asyncio.to_thread(path.is_dir):
             raise SnapshotError(f"snapshot {identity!r} not found in {self.bucket}")
         return path
