@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_run.run_support import restored_optimizer_steps, rows, served_identity
 from support.chaos import FaultProxy, SeededMoments, repeated_lines, seeded_faults
 from support.chaos_run import COLLECTED, ChaosResult, Strike, chaos_config, chaos_run, part_pids
 from support.launch import hotloop_cli
@@ -52,29 +53,6 @@ def check_quiet(result: ChaosResult) -> None:
     assert "Telemetry queue full" not in result.output
 
 
-async def served(stack: Any, deployment_id: str) -> str | None:
-    from engine.backends.fireworks import DeploymentManager
-
-    async with DeploymentManager(stack.api_key, stack.base_url) as mgr:
-        await mgr.resolve_account_id()
-        status = await mgr.hotload_check_status(deployment_id, "tiny")
-    return status["replicas"][0].get("current_snapshot_identity") or None
-
-
-async def final_optimizer_steps(stack: Any, job_id: str, state_path: str) -> int:
-    """The last committed full state, loaded with its optimizer into a new model: its step count."""
-    from engine.backends.tinker import TrainingSession
-
-    base_url = f"{stack.base_url}/training/v1/rlorTrainerJobs/{stack.account_id}/{job_id}"
-    session = await TrainingSession.from_state(base_url, stack.api_key, state_path, with_optimizer=True)
-    try:
-        info = await session.trainer_info()
-        assert info is not None
-        return int(info["optimizer_steps"])
-    finally:
-        await session.close()
-
-
 async def test_trainer_and_deployment_killed_once_the_run_heals_itself(
     chaos_stack: Any, tmp_path: Path
 ) -> None:
@@ -107,18 +85,15 @@ async def test_trainer_and_deployment_killed_once_the_run_heals_itself(
     assert "deployment 'kills-serving' is FAILED: deployment process killed by SIGKILL" in failures[1]
     assert not any("is stuck" in f for f in failures)
     # The trainer's own count: the final full state, loaded back with its optimizer, has max_steps.
-    ledger = [json_line for json_line in _ledger(result.run_dir)]
+    ledger = rows(result.run_dir, "checkpoints.jsonl")
     states = [r for r in ledger if r["kind"] == "state"]
     assert states[-1]["step"] == steps
-    assert await final_optimizer_steps(chaos_stack, "kills-trainer", states[-1]["path"]) == steps
+    assert await restored_optimizer_steps(chaos_stack, "kills-trainer", states[-1]["path"]) == steps
     last_sync = [r for r in ledger if r["kind"] == "sync"][-1]
-    assert last_sync["step"] == steps and await served(chaos_stack, "kills-serving") == last_sync["identity"]
-
-
-def _ledger(run_dir: Path) -> list[dict[str, Any]]:
-    import json
-
-    return [json.loads(line) for line in (run_dir / "checkpoints.jsonl").read_text().splitlines() if line]
+    assert (
+        last_sync["step"] == steps
+        and await served_identity(chaos_stack, "kills-serving") == last_sync["identity"]
+    )
 
 
 async def test_the_control_plane_killed_is_restarted_and_its_children_recovered(tmp_path: Path) -> None:
