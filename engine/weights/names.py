@@ -8,7 +8,10 @@ validates names with this module alone; ``engine.weights.snapshot`` (which needs
 from __future__ import annotations
 
 import re
+import secrets
 from pathlib import Path
+
+from engine.errors import ConfigError
 
 MANIFEST = "manifest.json"  # a snapshot directory's manifest; its presence marks the snapshot
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
@@ -88,3 +91,25 @@ def resolve(bucket: Path, identity: str) -> str:
             f"snapshot {identity!r} is ambiguous in {bucket}: training runs {runs} all have it"
         )
     raise SnapshotError(f"snapshot {identity!r} not found in {bucket}")
+
+
+def session_tag(tag: str | None = None) -> str:
+    """The tag that qualifies one training session's snapshot names (``f"{name}-{tag}"``, as
+    Fireworks' client does it, so two sessions or a resumed one never write the same identity):
+    ``tag``, checked, or 8 random hex digits."""
+    tag = secrets.token_hex(4) if tag is None else tag
+    if not 1 <= len(tag) <= 32:
+        raise ConfigError(f"session_tag: must be 1-32 characters, got {len(tag)}")
+    try:
+        check_name(f"x-{tag}")
+    except SnapshotError as exc:
+        raise ConfigError(f"session_tag: {exc}") from exc
+    return tag
+
+
+def session_qualified(name: str, tag: str) -> str:
+    """Snapshot ``name`` as the session tagged ``tag`` writes it."""
+    try:
+        return check_name(f"{name}-{tag}")
+    except SnapshotError as exc:
+        raise ConfigError(f"name: {exc}") from exc

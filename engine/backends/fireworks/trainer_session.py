@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -36,7 +35,8 @@ from engine.backends.base import CheckpointType, SamplerSnapshot
 from engine.backends.fireworks import trainer_wire as wire
 from engine.backends.fireworks.trainer_futures import TrainerRest, heartbeat, log, trainer_rest
 from engine.errors import ConfigError, FatalError, StuckError
-from engine.weights.names import SnapshotError, check_name
+from engine.weights.names import session_qualified
+from engine.weights.names import session_tag as session_tag_checked
 
 T = TypeVar("T")
 TokenizerLoader = Callable[[str], Any]
@@ -106,11 +106,7 @@ class FireworksTrainingSession:
             raise ConfigError("base_model: empty")
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base_url: must be an http(s) URL, got {base_url!r}")
-        tag = session_tag if session_tag is not None else secrets.token_hex(4)
-        try:
-            check_name(f"x-{tag}")
-        except SnapshotError as exc:
-            raise ConfigError(f"session_tag: {exc}") from exc
+        tag = session_tag_checked(session_tag)
         rest = trainer_rest(base_url.rstrip("/"), api_key)
         session: FireworksTrainingSession | None = None
         try:
@@ -193,10 +189,7 @@ class FireworksTrainingSession:
         return self._tokenizer
 
     def qualify(self, name: str) -> str:
-        try:
-            return check_name(f"{name}-{self.session_tag}")
-        except SnapshotError as exc:
-            raise ConfigError(f"name: {exc}") from exc
+        return session_qualified(name, self.session_tag)
 
     # ---- ordering ---------------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ snapshots per training run and answers ``<run_id>/<name>-<tag>`` (engine.weights
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -35,7 +34,8 @@ from engine.backends.tinker.edge import (
 )
 from engine.errors import ConfigError, FatalError, RetryableError
 from engine.log import get_logger
-from engine.weights.names import SnapshotError, check_identity, check_name
+from engine.weights.names import check_identity, session_qualified
+from engine.weights.names import session_tag as session_tag_checked
 
 T = TypeVar("T")
 CustomLossFn = Any  # (data: list[Datum], logprobs: list[torch.Tensor]) -> (loss, metrics)
@@ -45,16 +45,6 @@ TokenizerLoader = Callable[[str], Any]
 _log = get_logger("engine.backends.tinker")
 DEFAULT_CONNECT_TIMEOUT_S = 300.0
 DEFAULT_OP_TIMEOUT_S = 900.0
-
-
-def _check_tag(tag: str) -> str:
-    try:
-        check_name(f"x-{tag}")
-    except SnapshotError as exc:
-        raise ConfigError(f"session_tag: {exc}") from exc
-    if not 1 <= len(tag) <= 32:
-        raise ConfigError(f"session_tag: must be 1-32 characters, got {len(tag)}")
-    return tag
 
 
 class TrainingSession:
@@ -115,7 +105,7 @@ class TrainingSession:
             raise ConfigError(f"lora_rank: must be an integer >= 0, got {lora_rank!r}")
         if not base_model:
             raise ConfigError("base_model: empty")
-        tag = _check_tag(session_tag if session_tag is not None else secrets.token_hex(4))
+        tag = session_tag_checked(session_tag)
         service = service_client(base_url, api_key)
 
         def _submit() -> Any:
@@ -160,7 +150,7 @@ class TrainingSession:
         """
         if not state_path.startswith("tinker://"):
             raise ConfigError(f"state_path: must be a tinker:// path from save_state, got {state_path!r}")
-        tag = _check_tag(session_tag if session_tag is not None else secrets.token_hex(4))
+        tag = session_tag_checked(session_tag)
         service = service_client(base_url, api_key)
 
         def _submit() -> Any:
@@ -253,10 +243,7 @@ class TrainingSession:
 
     def qualify(self, name: str) -> str:
         """The session-qualified snapshot identity for ``name``."""
-        try:
-            return check_name(f"{name}-{self.session_tag}")
-        except SnapshotError as exc:
-            raise ConfigError(f"name: {exc}") from exc
+        return session_qualified(name, self.session_tag)
 
     # ---- training (submitted at call time, awaited by the caller) ----------------------------
 
