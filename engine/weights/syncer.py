@@ -95,7 +95,6 @@ class WeightSyncer:
         self.clock = clock
         self.last_timing: dict[str, float] = {}
         self.last_snapshot: SamplerSnapshot | None = None
-        self._saved: dict[str, SamplerSnapshot] = {}
         self._lock = asyncio.Lock()
         self._where = repr(deployment_id) if deployment_id else "the deployment"
         self._log = _log.bind(deployment_id=deployment_id) if deployment_id else _log
@@ -169,7 +168,6 @@ class WeightSyncer:
         parent = (snap.parent_snapshot_identity or plan.parent) if snap.checkpoint_type == "delta" else None
         self._state = chain.apply(self._state, chain.Saved(snap.snapshot_name, snap.checkpoint_type, parent))
         self.last_snapshot = snap
-        self._saved[snap.snapshot_name] = snap
         self._log.info(
             "snapshot saved", identity=snap.snapshot_name, kind=snap.checkpoint_type, parent=parent
         )
@@ -184,13 +182,19 @@ class WeightSyncer:
             parent = chain.load_parent(self._state, identity, checkpoint_type)
         except chain.ChainError as exc:
             raise ConfigError(f"checkpoint_type: {exc}") from exc
-        snapshot = self._saved.get(identity) or SamplerSnapshot(
-            path="",
-            snapshot_name=identity,
-            checkpoint_type=checkpoint_type,
-            # Saved elsewhere: its encoding is the one this session's trainer writes (a session
-            # that does not say is a tinker-protocol one, hotloop's own format).
-            delta_format=getattr(self.session, "default_delta_format", HOTLOOP_DELTA_FORMAT),
+        saved = self.last_snapshot
+        # The snapshot just saved carries what its trainer said of it (type, encoding, size).
+        snapshot = (
+            saved
+            if saved is not None and saved.snapshot_name == identity
+            else SamplerSnapshot(
+                path="",
+                snapshot_name=identity,
+                checkpoint_type=checkpoint_type,
+                # Saved elsewhere: its encoding is the one this session's trainer writes (a session
+                # that does not say is a tinker-protocol one, hotloop's own format).
+                delta_format=getattr(self.session, "default_delta_format", HOTLOOP_DELTA_FORMAT),
+            )
         )
         try:
             await self.loader.load(snapshot, parent=parent)

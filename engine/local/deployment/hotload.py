@@ -22,14 +22,7 @@ import torch
 from engine.local.deployment.protocol import HotLoadRequest
 from engine.local.deployment.scheduler import Scheduler
 from engine.log import get_logger
-from engine.weights.snapshot import (
-    Manifest,
-    SnapshotError,
-    check_identity,
-    load_snapshot,
-    read_manifest,
-    resolve,
-)
+from engine.weights.snapshot import Manifest, SnapshotError, check_identity, load_snapshot
 
 log = get_logger(__name__)
 Stage = Literal["idle", "loading", "error"]
@@ -64,6 +57,9 @@ class HotLoader:
         self.error: str | None = None
         self.ledger: list[LedgerEntry] = []
         self._task: asyncio.Task[None] | None = None
+        # The served weights' identity as the bucket stores it (``<run>/<name>``), which a delta's
+        # manifest names as its parent; a client may have named it bare when it hot-loaded it.
+        self._held: str | None = None
         self._on_outcome = on_outcome or (lambda _outcome: None)
 
     @property
@@ -138,12 +134,13 @@ class HotLoader:
         meta = req.incremental_snapshot_metadata
         if meta is not None:
             previous = meta.get("previous_snapshot_identity")
-            if previous != serving:
+            if previous not in (serving, self._held):
                 raise SnapshotError(
                     f"incremental_snapshot_metadata.previous_snapshot_identity is {previous!r} "
                     f"but this deployment serves {serving!r}"
                 )
-        manifest, state = await asyncio.to_thread(self._read, identity, serving)
+        held = self._held if self._held is not None else serving
+        manifest, state = await asyncio.to_thread(self._read, identity, held)
         future = self.scheduler.request_swap(identity, state)
         try:
             async with asyncio.timeout(self.swap_timeout_s):
@@ -154,31 +151,17 @@ class HotLoader:
                     f"in-flight requests did not drain within {self.swap_timeout_s:.0f}s; load abandoned"
                 ) from None
             await future  # it was already being applied: let it finish
+        self._held = manifest.identity
         return manifest
 
-    def _read(self, identity: str, serving: str | None) -> tuple[Manifest, dict[str, torch.Tensor]]:
-        """Runs in a worker thread: read, verify and (for a delta) apply the snapshot."""
+    def _read(self, identity: str, held: str | None) -> tuple[Manifest, dict[str, torch.Tensor]]:
+        """Runs in a worker thread: read, verify and (for a delta) apply the snapshot onto the weights
+        served, ``held`` (load_snapshot refuses a delta whose parent they are not)."""
         assert self.bucket is not None
-        manifest = read_manifest(self.bucket, identity)
-        if manifest.kind == "delta" and manifest.parent != _stored(self.bucket, serving):
-            raise SnapshotError(
-                f"delta {identity!r} has parent {manifest.parent!r} but this deployment serves {serving!r}"
-            )
-        current = (serving, self.scheduler.runner.state_dict()) if serving is not None else None
+        current = (held, self.scheduler.runner.state_dict()) if held is not None else None
         manifest, state = load_snapshot(self.bucket, identity, current)
         self.scheduler.runner.check_compatible(state)
         return manifest, state
-
-
-def _stored(bucket: Path, identity: str | None) -> str | None:
-    """``identity`` as the bucket stores it (a bare name is its run's ``<run>/<name>``); one the
-    bucket does not hold stays as it is, and a delta against it is refused by name."""
-    if identity is None:
-        return None
-    try:
-        return resolve(bucket, identity)
-    except SnapshotError:
-        return identity
 
 
 def _message(identity: str, exc: BaseException) -> str:
