@@ -1,6 +1,6 @@
 """Per-request records and the metrics computed from them (pure functions, no I/O).
 
-Definitions (shared/reference/serving-engines-loadtest-concurrency.md §5.7):
+Definitions:
 - origin: the request's *intended* start in open-loop runs, its actual send in closed-loop runs;
   open-loop rows also carry the from-send variants so the two can be compared.
 - TTFT = first non-empty content chunk - origin.

@@ -1,4 +1,4 @@
-"""The seed workflow's bootstrap (shared/reference/seed-training-and-sampling.md), translated to
+"""The seed workflow's bootstrap (Fireworks' training-and-sampling walkthrough), translated to
 hotloop's async API, against the embedded control plane with real trainer and deployment processes."""
 
 from __future__ import annotations

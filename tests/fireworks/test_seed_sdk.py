@@ -1,4 +1,4 @@
-"""The seed workflow (shared/reference/seed-training-and-sampling.md) written with Fireworks' own SDK,
+"""The seed workflow (Fireworks' training-and-sampling walkthrough) written with Fireworks' own SDK,
 ``fireworks-ai[training-sdk]==1.2.30``, run against ``hotloop up``: only the model names, the shape
 id and the base URL are changed, plus the two lines Fireworks' SDK 1.2.30 itself no longer accepts
 (each marked ``# 1.2.30:``). The user-defined parts of the seed (``build_batch``,

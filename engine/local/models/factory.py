@@ -52,9 +52,9 @@ class ModelSpec:
 
 
 SPECS: dict[str, ModelSpec] = {
-    # ~1M parameters: fast enough for every test.
+    # ~0.7M parameters: fast enough for every test.
     "tiny": ModelSpec("tiny", 1024, 128, 4, 4, 2, 256),
-    # ~11M parameters: the demo model, trainable on 2 CPU cores. A 4096-token context (RoPE: the
+    # ~10M parameters: the demo model, trainable on 2 CPU cores. A 4096-token context (RoPE: the
     # weights do not depend on it, see tests/test_models.py) fits the cookbook's guess_number recipe,
     # whose ten-turn games run to ~1.8k tokens with this tokenizer.
     "small": ModelSpec("small", 1024, 384, 6, 6, 2, 1024, max_position_embeddings=4096),
