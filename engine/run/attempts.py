@@ -125,8 +125,13 @@ async def run_attempt(a: Attempt, resume: Any, relay: EventRelay) -> RunContext:
             ctx.async_rollouts.learner_moved()
         rows = [dict(f.row) for f in facts if isinstance(f, StepCommitted | EvalCommitted)]
         ledger = [f.to_json() for f in facts if f.kind in LEDGER_KINDS]
-        await asyncio.to_thread(rd.append, METRICS, rows)
-        await asyncio.to_thread(rd.append, LEDGER, ledger)
+        if rows or ledger:  # most states commit neither: no thread hop for them
+
+            def write() -> None:
+                rd.append(METRICS, rows)
+                rd.append(LEDGER, ledger)
+
+            await asyncio.to_thread(write)
         a.fanout.put(rows)  # never blocks: a full queue drops the row for that sink
 
     recovery = config.recovery

@@ -61,7 +61,6 @@ class LivenessWatch:
         self.refs = refs
         self.limits = limits
         self._unreachable: dict[Part, float | None] = {"trainer": None, "deployment": None}
-        self.checks = 0
 
     def control_plane_lost(self) -> PartLost | None:
         supervised = self.planes.control_plane
@@ -79,7 +78,6 @@ class LivenessWatch:
 
     async def check(self, state: State) -> None:
         """One round of checks; raises PartLost for a lost part."""
-        self.checks += 1
         lost = self.control_plane_lost()
         if lost is not None:
             raise lost

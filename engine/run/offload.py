@@ -31,7 +31,6 @@ class UserCode:
         self, task: Task, executor: Literal["thread", "process"] = "thread", workers: int = 4
     ) -> None:
         self.task = task
-        self.executor_kind = executor
         self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hotloop-user")
         self._rewards: Executor = self._threads
         if executor == "process":

@@ -183,7 +183,7 @@ async def _execute(
                 error = str(exc)
                 raise
             finally:
-                ctx = ctx or (attempt.last_ctx if attempt is not None else None)
+                ctx = ctx or attempt.last_ctx
                 if ctx is not None:
                     served = ctx.served_identity
                     await asyncio.shield(ctx.aclose(delete_resources=not config.keep_resources))

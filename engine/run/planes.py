@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,6 +128,17 @@ async def _vllm(config: RunConfig, run_dir: Path) -> DeploymentBackend:
     )
 
 
+def _import_adapters(config: RunConfig) -> None:
+    kinds = {config.trainer.kind, config.deployment.kind}
+    modules = {
+        "control_plane": "engine.backends.fireworks.planes",
+        "tinker": "engine.backends.tinker.trainer",
+        "vllm": "engine.backends.vllm",
+    }
+    for kind in sorted(kinds):
+        importlib.import_module(modules[kind])
+
+
 async def open_planes(
     config: RunConfig,
     run_dir: Path,
@@ -134,6 +146,8 @@ async def open_planes(
     connection: ControlPlaneConnection | None = None,
 ) -> Planes:
     """Build the run's backends; everything opened is closed by ``stack``."""
+    # The adapters import tinker (about 2 s): off the loop, so a host's loop never stalls on it.
+    await asyncio.to_thread(_import_adapters, config)
     conn: ControlPlaneConnection | None = None
     supervised: SupervisedControlPlane | None = None
     if needs_control_plane(config):

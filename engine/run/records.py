@@ -204,7 +204,6 @@ _FACT_TYPES = (
     RolloutsSampled,
 )  # fmt: skip
 _KINDS: dict[str, Any] = {cls.kind: cls for cls in _FACT_TYPES}
-METRICS_KINDS = frozenset({StepCommitted.kind, EvalCommitted.kind})
 LEDGER_KINDS = frozenset({StateSaved.kind, SnapshotSaved.kind, Synced.kind})
 
 

@@ -166,13 +166,12 @@ class Recoverer:
         started = time.monotonic()
         async with asyncio.timeout(decision.deadline_s):
             if decision.action == "reconnect_trainer" and end.trainer is not None:
-                recover = getattr(self.planes.trainer, "recover", None)
-                if recover is not None:
-                    await recover(end.trainer, timeout_s=decision.deadline_s)
+                await self.planes.trainer.recover(end.trainer, timeout_s=decision.deadline_s)
             elif decision.action == "recover_deployment" and end.deployment is not None:
-                recover = getattr(self.planes.deployment, "recover", None)
-                if recover is not None and end.trainer is not None:
-                    await recover(end.deployment, end.trainer, timeout_s=decision.deadline_s)
+                if end.trainer is not None:
+                    await self.planes.deployment.recover(
+                        end.deployment, end.trainer, timeout_s=decision.deadline_s
+                    )
             elif decision.action == "restart_control_plane" and self.planes.control_plane is not None:
                 await self.planes.control_plane.restart(timeout_s=decision.deadline_s)
         log.info("recovery action done", action=decision.action, seconds=round(time.monotonic() - started, 3))

@@ -41,6 +41,7 @@ from typing import Any, ClassVar, Literal
 
 from engine.backends.base import PartLost
 from engine.errors import ConfigError, RetryableError, StuckError
+from engine.retry import backoff_delay
 
 FailureKind = Literal[
     "trainer_failed",
@@ -195,7 +196,15 @@ def decide(
         return answer("fail", "an unclassified error again, and no step committed since: not retried")
     delay = 0.0
     if action == "retry":
-        delay = min(budget.backoff_s * 2.0 ** max(0, consecutive - 1), budget.max_backoff_s)
+        delay = backoff_delay(
+            max(1, consecutive),
+            initial_s=budget.backoff_s,
+            multiplier=2.0,
+            max_s=budget.max_backoff_s,
+            jitter=1.0,  # a pure decision: no randomness (one run, nothing to de-synchronise)
+            retry_after_s=None,
+            max_retry_after_s=0.0,
+        )
     return answer(action, f"{failure.kind}: {action}", delay)
 
 

@@ -68,6 +68,8 @@ class RunMetrics:
             run = self._runs.setdefault(event.run_id, _Run())
             if handle is not None:
                 run.handle = handle
+            if event.kind == "rollout":
+                return  # the rollout machine's step is the one it samples for, ahead of the learner's
             run.step = event.step
             if event.kind == "enter":
                 run.state = event.state.value

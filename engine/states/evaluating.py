@@ -39,7 +39,7 @@ async def run(ctx: RunContext) -> None:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(one(row["prompt"])) for row in ctx.eval_rows]
     except BaseExceptionGroup as group:
-        raise first_error(group) from group
+        raise first_error(group)  # noqa: B904 - keeps the error's own cause; the group is its context
     await verify_identities(ctx, reported, what="eval samples")
     scores = [s for t in tasks for s in t.result()]
     value = sum(scores) / max(1, len(scores))

@@ -45,7 +45,7 @@ async def collect(
             stamp=stamp,
         )
     except BaseExceptionGroup as group:
-        raise first_error(group) from group
+        raise first_error(group)  # noqa: B904 - keeps the error's own cause; the group is its context
     window = sampler.concurrency_controller.step_completed().get("window")
     return replace(batch, window=None if window is None else int(window))
 

@@ -35,7 +35,7 @@ async def run(ctx: RunContext) -> None:
             )
             deployment = tg.create_task(ctx.deployment.wait_ready(ctx.deployment_ref, timeout_s=ready))
     except BaseExceptionGroup as group:
-        raise first_error(group) from group
+        raise first_error(group)  # noqa: B904 - keeps the error's own cause; the group is its context
     ctx.trainer_ref, ctx.deployment_ref = trainer.result(), deployment.result()
     ctx.beat("trainer and deployment ready")
 
