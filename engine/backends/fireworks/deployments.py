@@ -8,11 +8,16 @@ from typing import Any
 from urllib.parse import quote
 
 from engine.backends.fireworks.config import DeploymentConfig, DeploymentInfo
-from engine.backends.fireworks.errors import ControlPlaneError, DeploymentFailedError, HotloadError
+from engine.backends.fireworks.errors import (
+    ConflictError,
+    ControlPlaneError,
+    DeploymentFailedError,
+    HotloadError,
+)
 from engine.backends.fireworks.phases import DEPLOYMENT_BAD, evaluate_hotload_status
 from engine.backends.fireworks.rest import RestClient, RestRetryPolicy
 from engine.clock import Clock
-from engine.errors import HotloopError, StuckError
+from engine.errors import RetryableError, StuckError
 from engine.log import get_logger
 
 log = get_logger("control.deployment")
@@ -78,9 +83,7 @@ class DeploymentManager(RestClient):
         try:
             result = await self.request("POST", await self._path(), params=params, json_body=body)
             info = DeploymentInfo.from_json(result.body or {})
-        except ControlPlaneError as exc:
-            if exc.status != 409:
-                raise
+        except ConflictError:
             found = await self.get(config.deployment_id)
             if found is None:
                 raise
@@ -231,7 +234,8 @@ class DeploymentManager(RestClient):
         poll_interval: float = 5.0,
     ) -> bool:
         """True once replicas[0] is ready on ``expected_identity``; False on timeout (the reason is in
-        ``last_hotload_error_message``). An error stage aimed at ``expected_identity`` raises HotloadError."""
+        ``last_hotload_error_message``). An error stage aimed at ``expected_identity`` raises HotloadError;
+        a fatal answer to a poll (a refused key, a 4xx) propagates: waiting cannot change it."""
         self.last_hotload_error_message = None
         started = self.clock.monotonic()
         detail = "no status read yet"
@@ -243,12 +247,10 @@ class DeploymentManager(RestClient):
                 async with asyncio.timeout(remaining):
                     status = await self.hotload_check_status(deployment_id, base_model)
                 progress = evaluate_hotload_status(status, expected_identity)
-            except HotloadError:
-                raise
             except TimeoutError:
                 detail = "status poll got no answer before the deadline"
                 log.warning("hotload status poll timed out", deployment_id=deployment_id)
-            except HotloopError as exc:  # polling errors are transient here: log and poll again
+            except RetryableError as exc:  # a poll whose retries ran out: poll again; a fatal one raises
                 detail = f"status poll failed: {exc}"
                 log.warning("hotload status poll failed", deployment_id=deployment_id, error=str(exc))
             else:

@@ -44,8 +44,9 @@ class TrainerJobFailedError(FatalError, PartLost):
     part to the recovery policy: FAILED or stopped can be resumed, deleted is gone)."""
 
     def __init__(self, message: str, *, job_id: str, state: str) -> None:
-        gone = state in ("JOB_STATE_DELETED", "JOB_STATE_ARCHIVED", "JOB_STATE_DELETING")
-        PartLost.__init__(self, "trainer", "gone" if gone else "failed", message)
+        from engine.backends.fireworks.phases import JOB_GONE_STATES  # phases imports this module
+
+        PartLost.__init__(self, "trainer", "gone" if state in JOB_GONE_STATES else "failed", message)
         self.job_id = job_id
         self.state = state
 

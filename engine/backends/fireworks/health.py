@@ -17,10 +17,16 @@ from typing import Any
 from engine.backends.base import DeploymentRef, Health, TrainerRef
 from engine.backends.fireworks.config import DeploymentConfig, DeploymentInfo
 from engine.backends.fireworks.deployments import DeploymentManager
-from engine.backends.fireworks.errors import ControlPlaneError
+from engine.backends.fireworks.errors import AuthenticationError
 from engine.backends.fireworks.jobs import TrainerJobManager
-from engine.backends.fireworks.phases import DEPLOYMENT_BAD, job_phase, job_status_message
-from engine.errors import RetryableError
+from engine.backends.fireworks.phases import (
+    DEPLOYMENT_BAD,
+    DEPLOYMENT_SERVING,
+    JOB_GONE_STATES,
+    job_phase,
+    job_status_message,
+)
+from engine.errors import ConfigError, RetryableError
 
 HEALTH_TIMEOUT_S = 10.0
 RESUMABLE_WAIT_S = 120.0
@@ -28,6 +34,26 @@ RESUMABLE_WAIT_S = 120.0
 
 def _unreachable(what: str, exc: Exception) -> Health:
     return Health("unreachable", f"{what}: the control plane did not answer ({exc})")
+
+
+def _refused(what: str, exc: AuthenticationError) -> ConfigError:
+    # A rejected key does not heal by waiting: "unreachable" would be retried by the recovery policy
+    # for as long as its budget lasts; a ConfigError fails the run (unrecoverable) naming the cause.
+    return ConfigError(f"api_key: the control plane refused it reading {what} ({exc})")
+
+
+def deployment_config(
+    deployment_id: str, base_model: str, trainer: TrainerRef, *, trainer_kind: str
+) -> DeploymentConfig:
+    """The run's deployment: linked to its trainer job's bucket when the trainer is a job of the same
+    control plane, scaled 0..1 (provisioned and re-created alike)."""
+    return DeploymentConfig(
+        deployment_id=deployment_id,
+        base_model=base_model,
+        hot_load_trainer_job=trainer.attrs.get("job_name") if trainer.kind == trainer_kind else None,
+        min_replica_count=0,
+        max_replica_count=1,
+    )
 
 
 def job_health_of(job_id: str, job: dict[str, Any] | None) -> Health:
@@ -43,7 +69,7 @@ def job_health_of(job_id: str, job: dict[str, Any] | None) -> Health:
         return Health("ok", said)
     if phase in ("pending", "starting"):
         return Health("starting", said)
-    if phase == "tombstone" or state == "JOB_STATE_DELETING":
+    if state in JOB_GONE_STATES:
         return Health("gone", said)
     return Health("failed", said)  # FAILED, or stopped (resumable)
 
@@ -54,7 +80,7 @@ def deployment_health_of(deployment_id: str, info: DeploymentInfo | None) -> Hea
         return Health("gone", f"deployment {deployment_id!r} does not exist")
     reason = str((info.raw.get("status") or {}).get("message") or "")
     said = f"deployment {deployment_id!r} is {info.state}" + (f": {reason}" if reason else "")
-    if info.state in ("READY", "UPDATING"):
+    if info.state in DEPLOYMENT_SERVING:
         return Health("ok", said)
     if info.state == "FAILED":
         return Health("failed", said)
@@ -64,21 +90,27 @@ def deployment_health_of(deployment_id: str, info: DeploymentInfo | None) -> Hea
 
 
 async def job_health(jobs: TrainerJobManager, job_id: str) -> Health:
+    """Raises ConfigError for a refused key; any other fatal answer (a 400) propagates as it is."""
     try:
         path = await jobs._jobs_path(job_id)
         result = await jobs.request_once("GET", path, timeout_s=HEALTH_TIMEOUT_S, none_on_404=True)
-    except (RetryableError, ControlPlaneError) as exc:
+    except RetryableError as exc:
         return _unreachable(f"trainer job {job_id!r}", exc)
+    except AuthenticationError as exc:
+        raise _refused(f"trainer job {job_id!r}", exc) from exc
     body = result.body if result.status != 404 and isinstance(result.body, dict) else None
     return job_health_of(job_id, body)
 
 
 async def deployment_health(deployments: DeploymentManager, deployment_id: str) -> Health:
+    """Raises ConfigError for a refused key; any other fatal answer (a 400) propagates as it is."""
     try:
         path = await deployments._path(deployment_id)
         result = await deployments.request_once("GET", path, timeout_s=HEALTH_TIMEOUT_S, none_on_404=True)
-    except (RetryableError, ControlPlaneError) as exc:
+    except RetryableError as exc:
         return _unreachable(f"deployment {deployment_id!r}", exc)
+    except AuthenticationError as exc:
+        raise _refused(f"deployment {deployment_id!r}", exc) from exc
     found = result.status != 404 and isinstance(result.body, dict)
     return deployment_health_of(deployment_id, DeploymentInfo.from_json(result.body) if found else None)
 
@@ -106,13 +138,8 @@ async def recover_deployment(
     """Re-create the deployment if it FAILED or is gone (same id, same trainer link), then wait READY."""
     info = await deployments.get(ref.resource_id)
     if info is None or info.state in DEPLOYMENT_BAD:
+        base_model = ref.attrs.get("base_model", "")
         await deployments.create_or_get(
-            DeploymentConfig(
-                deployment_id=ref.resource_id,
-                base_model=ref.attrs.get("base_model", ""),
-                hot_load_trainer_job=trainer.attrs.get("job_name") if trainer.kind == trainer_kind else None,
-                min_replica_count=0,
-                max_replica_count=1,
-            )
+            deployment_config(ref.resource_id, base_model, trainer, trainer_kind=trainer_kind)
         )
     await deployments.wait_for_ready(ref.resource_id, timeout_s=timeout_s, poll_interval_s=poll_s)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.backends.base import SamplerSnapshot, SnapshotStore
-from engine.errors import FatalError, StuckError
+from engine.backends.fireworks.phases import first_replica, served_identity
+from engine.errors import StuckError
 
 
 class HotloadApi(Protocol):
@@ -66,14 +67,10 @@ def _copy_in(src: Path, dst: Path) -> None:
 
 
 def replica_identity(status: dict[str, Any]) -> tuple[bool, str | None]:
-    """(reported, identity) of a hot-load status; reported is False while no replica answers."""
-    replicas = status.get("replicas")
-    if not isinstance(replicas, list):
-        raise FatalError(f"unrecognized hot-load status (replicas is not a list): {status!r:.300}")
-    if not replicas:
-        return False, None
-    ident = replicas[0].get("current_snapshot_identity") if isinstance(replicas[0], dict) else None
-    return True, ident if isinstance(ident, str) and ident else None
+    """(reported, identity) of a hot-load status; reported is False while no replica answers. Raises
+    HotloadError (fatal) for a body that is not a hot-load status."""
+    replica = first_replica(status)
+    return (False, None) if replica is None else (True, served_identity(replica))
 
 
 class ControlPlaneHotLoader:

@@ -13,7 +13,7 @@ from engine.backends.fireworks.config import (
     TrainerJobConfig,
     new_trainer_job_id,
 )
-from engine.backends.fireworks.errors import ConflictError, ControlPlaneError, TrainerJobFailedError
+from engine.backends.fireworks.errors import ConflictError, TrainerJobFailedError
 from engine.backends.fireworks.phases import (
     JOB_STATE_RUNNING,
     RESUMABLE_STATES,
@@ -76,9 +76,7 @@ class TrainerJobManager(RestClient):
         try:
             result = await self.request("POST", path, params=params, json_body=body)
             job = result.body or {}
-        except ControlPlaneError as exc:
-            if exc.status != 409:
-                raise
+        except ConflictError as exc:
             job = await self.get(job_id)
             if job_phase(str(job.get("state"))) == "tombstone":
                 raise ConflictError(
@@ -200,13 +198,6 @@ class TrainerJobManager(RestClient):
                         f"(state {state}{'; ' + last_health if last_health else ''})"
                     )
             await clock.sleep(poll_interval_s)
-
-    async def wait_for_existing(self, job_id: str, **kwargs: Any) -> TrainerEndpoint:
-        return await self.wait_for_ready(job_id, **kwargs)
-
-    async def create_and_wait(self, config: TrainerJobConfig, **kwargs: Any) -> TrainerEndpoint:
-        created = await self.create(config)
-        return await self.wait_for_ready(created.job_id, created.job_name, **kwargs)
 
     async def resume_and_wait(self, job_id: str, **kwargs: Any) -> TrainerEndpoint:
         """``POST :resume`` (the same bucket and saved state), then wait for RUNNING + healthz."""

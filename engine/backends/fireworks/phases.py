@@ -21,6 +21,8 @@ JOB_STATE_DELETED = "JOB_STATE_DELETED"
 JOB_STATE_ARCHIVED = "JOB_STATE_ARCHIVED"
 
 TOMBSTONE_STATES = frozenset({JOB_STATE_DELETED, JOB_STATE_ARCHIVED})
+JOB_GONE_STATES = TOMBSTONE_STATES | {JOB_STATE_DELETING}
+"""A trainer job that cannot come back (its id cannot be reused): tombstoned, or on its way there."""
 STOPPED_STATES = frozenset(
     {
         JOB_STATE_CANCELLING,
@@ -69,17 +71,31 @@ class HotloadProgress:
     detail: str
 
 
-def evaluate_hotload_status(body: Any, expected_identity: str) -> HotloadProgress:
-    """Fireworks' completion rule: only ``replicas[0]`` counts; done when it is ready and serves the
-    expected identity (or lists it as a loaded adapter); an error stage fails only when it targets
-    the expected identity (a stale error from an earlier snapshot is ignored)."""
+def first_replica(body: Any) -> dict[str, Any] | None:
+    """``replicas[0]`` of a hot-load status, the only replica that counts (None: no replica yet);
+    raises HotloadError for a body that is not a hot-load status."""
     replicas = body.get("replicas") if isinstance(body, dict) else None
     if not isinstance(replicas, list):
         raise HotloadError(f"Unrecognized hotload status response format: {str(body)[:300]}")
     if not replicas:
+        return None
+    return replicas[0] if isinstance(replicas[0], dict) else {}
+
+
+def served_identity(replica: dict[str, Any]) -> str | None:
+    """The snapshot identity a replica reports serving (None: its base weights, or none said)."""
+    ident = replica.get("current_snapshot_identity")
+    return ident if isinstance(ident, str) and ident else None
+
+
+def evaluate_hotload_status(body: Any, expected_identity: str) -> HotloadProgress:
+    """Fireworks' completion rule: only ``replicas[0]`` counts; done when it is ready and serves the
+    expected identity (or lists it as a loaded adapter); an error stage fails only when it targets
+    the expected identity (a stale error from an earlier snapshot is ignored)."""
+    replica = first_replica(body)
+    if replica is None:
         return HotloadProgress(False, False, "no replicas yet (deployment scaling up)")
-    replica = replicas[0] if isinstance(replicas[0], dict) else {}
-    current = replica.get("current_snapshot_identity")
+    current = served_identity(replica)
     ready = bool(replica.get("readiness"))
     adapters = replica.get("loaded_adapters") or []
     adapter_loaded = any(

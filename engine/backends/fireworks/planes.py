@@ -29,10 +29,16 @@ from engine.backends.base import (
     TrainerSession,
     TrainerSpec,
 )
-from engine.backends.fireworks.config import DeploymentConfig, TrainerJobConfig
+from engine.backends.fireworks.config import TrainerJobConfig
 from engine.backends.fireworks.deployments import DeploymentManager
 from engine.backends.fireworks.dialect import FireworksDialect
-from engine.backends.fireworks.health import deployment_health, job_health, recover_deployment, recover_job
+from engine.backends.fireworks.health import (
+    deployment_config,
+    deployment_health,
+    job_health,
+    recover_deployment,
+    recover_job,
+)
 from engine.backends.fireworks.hotload import ControlPlaneHotLoader
 from engine.backends.fireworks.jobs import TrainerJobManager
 from engine.backends.tinker.session import TokenizerLoader
@@ -190,16 +196,9 @@ class ControlPlaneDeployment:
     ) -> DeploymentRef:
         await self.deployments.resolve_account_id()
         deployment_id = known.resource_id if known is not None else spec.resource_id
-        job_name = trainer.attrs.get("job_name") if trainer.kind == KIND else None
-        info = await self.deployments.create_or_get(
-            DeploymentConfig(
-                deployment_id=deployment_id,
-                base_model=spec.base_model,
-                hot_load_trainer_job=job_name,
-                min_replica_count=0,
-                max_replica_count=1,
-            )
-        )
+        config = deployment_config(deployment_id, spec.base_model, trainer, trainer_kind=KIND)
+        job_name = config.hot_load_trainer_job
+        info = await self.deployments.create_or_get(config)
         if self._declared is None:
             self._set_identity_reporting(bool(info.raw.get("hotloop")))
         attrs = {"base_model": spec.base_model}

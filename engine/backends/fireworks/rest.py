@@ -19,6 +19,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from engine.backends.fireworks.errors import (
     AuthenticationError,
+    ConflictError,
     ControlPlaneError,
     NotFoundError,
     RetriesExhaustedError,
@@ -58,6 +59,15 @@ class _RetryableHTTP(RetryableError):
     def __init__(self, message: str, *, status: int | None, retry_after_s: float | None = None) -> None:
         super().__init__(message, retry_after_s=retry_after_s)
         self.status = status
+
+
+_STATUS_ERRORS: Mapping[int, type[ControlPlaneError]] = {
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: NotFoundError,
+    409: ConflictError,
+}
+"""The typed error of a fatal status; any other 4xx is a plain ControlPlaneError."""
 
 
 @dataclass(frozen=True)
@@ -194,9 +204,7 @@ class RestClient:
             raise _RetryableHTTP(
                 message, status=status, retry_after_s=parse_retry_after(resp_headers.get("Retry-After"))
             )
-        error_type = {401: AuthenticationError, 403: AuthenticationError, 404: NotFoundError}.get(
-            status, ControlPlaneError
-        )
+        error_type = _STATUS_ERRORS.get(status, ControlPlaneError)
         raise error_type(message, status=status, url=url, body=body)
 
     async def request(

@@ -32,7 +32,7 @@ from engine.backends.base import (
 )
 from engine.backends.tinker.edge import tinker_credentials
 from engine.backends.tinker.session import TokenizerLoader, TrainingSession
-from engine.errors import FatalError, RetryableError, StuckError
+from engine.errors import ConfigError, FatalError, RetryableError, StuckError
 from engine.log import get_logger
 from engine.weights.names import SnapshotError
 
@@ -40,6 +40,7 @@ KIND = "tinker"
 HEALTH_POLL_S = 0.5
 HEALTH_READ_S = 10.0  # one health read; a service slower than this is unreachable to the run
 DOWNLOAD_TIMEOUT_S = 600.0
+DOWNLOAD_CHUNK = 1 << 20
 _log = get_logger("backends.tinker")
 
 
@@ -144,21 +145,38 @@ def _destinations(into: Path, urls: dict[str, str]) -> dict[Path, str]:
 
 
 async def _download(urls: dict[str, str], into: Path) -> None:
-    """Every file of an export, each GET bounded by the whole download's deadline."""
+    """Every file of an export, streamed to disk; the whole download is bounded by DOWNLOAD_TIMEOUT_S."""
     destinations = await asyncio.to_thread(_destinations, into, urls)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT_S)) as http:
-        for dest, url in destinations.items():
+    try:
+        # total=None: aiohttp's default 5-minute cap per request would cut a large file short; the
+        # one deadline below bounds every file together.
+        async with (
+            asyncio.timeout(DOWNLOAD_TIMEOUT_S),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http,
+        ):
+            for dest, url in destinations.items():
+                await _fetch(http, dest, url)
+    except TimeoutError as exc:
+        raise RetryableError(
+            f"tinker export: {len(destinations)} files not downloaded within {DOWNLOAD_TIMEOUT_S:g}s"
+        ) from exc
+
+
+async def _fetch(http: aiohttp.ClientSession, dest: Path, url: str) -> None:
+    """One file, chunk by chunk (an export's file can be gigabytes), written off the event loop."""
+    try:
+        async with http.get(url) as resp:
+            if resp.status >= 400:
+                err = RetryableError if resp.status >= 500 or resp.status == 429 else FatalError
+                raise err(f"tinker export: GET {dest.name!r}: HTTP {resp.status}")
+            out = await asyncio.to_thread(dest.open, "wb")
             try:
-                async with http.get(url) as resp:
-                    if resp.status >= 400:
-                        err = RetryableError if resp.status >= 500 or resp.status == 429 else FatalError
-                        raise err(f"tinker export: GET {dest.name!r}: HTTP {resp.status}")
-                    data = await resp.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise RetryableError(
-                    f"tinker export: GET {dest.name!r}: {type(exc).__name__}: {exc}"
-                ) from exc
-            await asyncio.to_thread(dest.write_bytes, data)
+                async for chunk in resp.content.iter_chunked(DOWNLOAD_CHUNK):
+                    await asyncio.to_thread(out.write, chunk)
+            finally:
+                out.close()  # synchronous: it must run even when the deadline cancelled the copy
+    except aiohttp.ClientError as exc:
+        raise RetryableError(f"tinker export: GET {dest.name!r}: {type(exc).__name__}: {exc}") from exc
 
 
 def _to_snapshot(export_dir: Path, bucket: Path, identity: str, base_model: str) -> None:
@@ -218,17 +236,24 @@ class TinkerTrainer:
                     if status == 200:
                         return ref
                     if status in (401, 403):
-                        raise FatalError(f"Tinker service at {self.base_url}: {last} (check the key)")
+                        raise self._refused(last)
                     await asyncio.sleep(HEALTH_POLL_S)
         except TimeoutError:
             raise StuckError(
                 f"Tinker service at {self.base_url} not healthy within {timeout_s:g}s ({last})"
             ) from None
 
+    def _refused(self, what: str) -> ConfigError:
+        # A rejected key does not heal by waiting: a ConfigError fails the run (unrecoverable) at once.
+        return ConfigError(f"api_key: the Tinker service at {self.base_url} refused it ({what})")
+
     async def health(self, ref: TrainerRef) -> Health:
+        """Raises ConfigError when the service refuses the key (not ``unreachable``: retrying cannot help)."""
         # A service, not a job: hotloop cannot see it fail, only stop answering.
         async with self._http() as http:
             status, what = await self._healthz(http)
+        if status in (401, 403):
+            raise self._refused(what)
         if status == 200:
             return Health("ok", f"Tinker service at {self.base_url} answers /api/v1/healthz")
         return Health("unreachable", f"Tinker service at {self.base_url}: {what}")

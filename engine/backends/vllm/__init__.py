@@ -40,7 +40,8 @@ are checked against its layout and a failed load of the first snapshot rolls bac
 
 LoRA: hotloop's embedded trainer writes LoRA sessions as merged full weights
 (``engine.local.trainer.snapshots``), so they hot-load like any base snapshot; the per-version adapter
-path (``load_lora_adapter`` under a new name per version) waits for a trainer that writes adapters.
+path (vLLM's ``/v1/load_lora_adapter``, under a new name per version) waits for a trainer that writes
+adapters.
 """
 
 from engine.backends.vllm.admin import INITIAL_VERSION, PauseMode, VllmAdminClient

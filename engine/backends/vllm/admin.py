@@ -1,11 +1,10 @@
 """``VllmAdminClient``: vLLM's health, model, pause/resume and weight endpoints over aiohttp.
 
-The weight endpoints exist only when the server runs with ``VLLM_SERVER_DEV_MODE=1``; LoRA loading
-needs ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=1 --enable-lora``. Every call is bounded by its own timeout
-and maps failures at this boundary: no answer, a timeout or a transient status (429, 502-504) is
-``VllmUnavailableError`` (retryable); any other error status, including a 500 from a worker method
-(``reload_weights`` raised), is ``VllmAdminError`` (fatal). Both name the endpoint and quote vLLM's
-message. The client never retries: its callers own their retry budgets.
+The weight endpoints exist only when the server runs with ``VLLM_SERVER_DEV_MODE=1``. Every call is
+bounded by its own timeout and maps failures at this boundary: no answer, a timeout or a transient
+status (429, 502-504) is ``VllmUnavailableError`` (retryable); any other error status, including a
+500 from a worker method (``reload_weights`` raised), is ``VllmAdminError`` (fatal). Both name the
+endpoint and quote vLLM's message. The client never retries: its callers own their retry budgets.
 """
 
 from __future__ import annotations
@@ -28,6 +27,21 @@ INITIAL_VERSION = "default"
 
 _RETRYABLE = frozenset({408, 425, 429, 502, 503, 504})
 _BODY_LIMIT = 4096
+_READ_LIMIT = 1 << 20
+"""The most of one answer's body read (vLLM's admin answers are small JSON)."""
+
+
+async def read_capped(content: aiohttp.StreamReader, limit: int = _READ_LIMIT) -> bytes:
+    """The whole body up to ``limit`` bytes: ``StreamReader.read(n)`` returns only what is buffered,
+    which for a chunked or slow answer is a prefix of it."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_chunked(64 * 1024):
+        chunks.append(chunk[: limit - size])
+        size += len(chunks[-1])
+        if size >= limit:
+            break
+    return b"".join(chunks)
 
 
 class VllmAdminClient:
@@ -88,7 +102,7 @@ class VllmAdminClient:
                     headers=self._headers,
                     timeout=aiohttp.ClientTimeout(total=limit),
                 ) as resp:
-                    raw = await resp.content.read(1 << 20)
+                    raw = await read_capped(resp.content)
                     status = resp.status
         except TimeoutError as exc:
             raise VllmUnavailableError(
@@ -186,11 +200,3 @@ class VllmAdminClient:
         """False while blocks are still held (vLLM says: retry)."""
         data = await self.request("POST", "/reset_prefix_cache")
         return bool(data.get("success", True)) if isinstance(data, dict) else True
-
-    async def load_lora_adapter(self, name: str, path: str) -> None:
-        """Load an adapter under a new ``name`` (0.32 re-reads an in-place adapter on every request, so
-        each version gets its own name rather than ``load_inplace``)."""
-        await self.request("POST", "/v1/load_lora_adapter", body={"lora_name": name, "lora_path": path})
-
-    async def unload_lora_adapter(self, name: str) -> None:
-        await self.request("POST", "/v1/unload_lora_adapter", body={"lora_name": name})

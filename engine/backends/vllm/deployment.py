@@ -28,7 +28,7 @@ from engine.backends.vllm.dialect import VllmDialect
 from engine.backends.vllm.errors import VllmAdminError, VllmUnavailableError
 from engine.backends.vllm.hotload import VllmHotLoader
 from engine.backends.vllm.launcher import VllmLaunchSpec, VllmServer
-from engine.backends.vllm.materialize import WeightsMaterializer, read_layout
+from engine.backends.vllm.materialize import Layout, WeightsMaterializer, read_layout
 from engine.errors import ConfigError, StuckError
 from engine.log import get_logger
 from engine.processes import describe_exit
@@ -102,6 +102,8 @@ class VllmDeployment:
         self.vllm_version: str | None = None
         self._server: VllmServer | None = None
         self._admin: VllmAdminClient | None = None
+        # Clients of a server that moved (a relaunch on a new port): closed by the next async call.
+        self._retired: list[VllmAdminClient] = []
         self._materializer: WeightsMaterializer | None = None
 
     def __repr__(self) -> str:
@@ -112,8 +114,20 @@ class VllmDeployment:
         if not url:
             raise ConfigError("deployment: no base_url known (provision first)")
         if self._admin is None or self._admin.base_url != url.rstrip("/"):
+            if self._admin is not None:
+                self._retired.append(self._admin)  # its session is closed, never dropped open
             self._admin = VllmAdminClient(url, api_key=self._api_key, timeout_s=self.request_timeout_s)
         return self._admin
+
+    async def _admin_async(self, ref: DeploymentRef) -> VllmAdminClient:
+        """``_admin_for``, closing the sessions of clients it replaced."""
+        admin = self._admin_for(ref)
+        await self._close_retired()
+        return admin
+
+    async def _close_retired(self) -> None:
+        while self._retired:
+            await self._retired.pop().aclose()
 
     async def provision(
         self, spec: DeploymentSpec, trainer: TrainerRef, known: DeploymentRef | None
@@ -139,7 +153,7 @@ class VllmDeployment:
         """Until vLLM answers with its engine up, the served model listed and the dev endpoints on;
         learns its version (per-completion weight versions from 0.33) and, with ``warmup``, runs one
         token through it (vLLM's first forward pass on CPU takes seconds; better here than in a rollout)."""
-        admin = self._admin_for(ref)
+        admin = await self._admin_async(ref)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while not await admin.health():
@@ -168,6 +182,7 @@ class VllmDeployment:
         self.vllm_version = await admin.version()
         self.per_completion_identity = parse_version(self.vllm_version) >= WEIGHT_VERSIONS_SINCE
         self.hotload_policy = "keep" if self.per_completion_identity else "drain"
+        await self._load_materializer()
         if self.warmup:
             await self._warm(admin, model)
         _log.info("vllm ready", url=admin.base_url, model=model, version=self.vllm_version)
@@ -184,18 +199,27 @@ class VllmDeployment:
         except (VllmUnavailableError, VllmAdminError) as exc:
             _log.warning("vllm warm-up completion failed", error=str(exc))
 
-    def materializer(self) -> WeightsMaterializer:
-        """One per deployment: it keeps the last materialized state for the next delta."""
+    def _read_layout(self) -> Layout | None:
+        if self.model_dir is None:
+            return None
+        try:
+            return read_layout(self.model_dir)
+        except (SnapshotError, OSError, ValueError) as exc:
+            _log.warning("served layout unreadable; snapshots are not checked against it", error=str(exc))
+            return None
+
+    async def _load_materializer(self) -> None:
+        # The layout is read from disk (safetensors headers): off the event loop, once, at wait_ready.
         if self._materializer is None:
-            layout = None
-            if self.model_dir is not None:
-                try:
-                    layout = read_layout(self.model_dir)
-                except (SnapshotError, OSError, ValueError) as exc:
-                    _log.warning(
-                        "served layout unreadable; snapshots are not checked against it", error=str(exc)
-                    )
-            self._materializer = WeightsMaterializer(self.work_dir / "weights", layout=layout)
+            layout = await asyncio.to_thread(self._read_layout)
+            if self._materializer is None:
+                self._materializer = WeightsMaterializer(self.work_dir / "weights", layout=layout)
+
+    def materializer(self) -> WeightsMaterializer:
+        """One per deployment: it keeps the last materialized state for the next delta. Built by
+        ``wait_ready``; read here (blocking) only if asked for before it."""
+        if self._materializer is None:
+            self._materializer = WeightsMaterializer(self.work_dir / "weights", layout=self._read_layout())
         return self._materializer
 
     def hot_loader(
@@ -257,7 +281,7 @@ class VllmDeployment:
                     f"the vLLM server hotloop launched (pid {server.proc.pid}) {describe_exit(code)}"
                     + (f"; its log ends: {tail}" if tail else ""),
                 )
-        admin = self._admin_for(ref)
+        admin = await self._admin_async(ref)
         if await admin.health():
             return Health("ok", f"vLLM at {admin.base_url} answers /health")
         return Health("unreachable", f"vLLM at {admin.base_url} does not answer /health with 200")
@@ -269,11 +293,15 @@ class VllmDeployment:
         if self.launch is not None:
             if self._server is not None:
                 await self._server.stop()
+            if self._admin is not None:
+                await self._admin.aclose()  # the relaunched server may listen on another port
+                self._admin = None
             self._server = VllmServer(self.launch, self.work_dir / "vllm.log", api_key=self._api_key)
             attrs["base_url"] = self.base_url = await self._server.start(min(timeout_s, self.start_timeout_s))
         return await self.wait_ready(DeploymentRef(ref.kind, ref.resource_id, attrs), timeout_s=timeout_s)
 
     async def aclose(self) -> None:
+        await self._close_retired()
         if self._admin is not None:
             await self._admin.aclose()
             self._admin = None

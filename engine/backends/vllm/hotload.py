@@ -121,7 +121,7 @@ class VllmHotLoader:
                 raise
             t2 = time.perf_counter()
             await self._verify(identity)
-            self.materializer.prune(keep=[identity])
+            await asyncio.to_thread(self.materializer.prune, [identity])  # rmtree: off the loop
             self.last_timing = {
                 "materialize_s": t1 - t0,
                 "swap_s": t2 - t1,
@@ -141,9 +141,8 @@ class VllmHotLoader:
                 await self.admin.update_weight_version(identity)
             except HotloopError as exc:
                 outcome = await self._rollback(previous)
-                self.materializer.prune(
-                    keep=[previous, *([] if outcome.startswith("rolled") else [identity])]
-                )
+                keep = [previous, *([] if outcome.startswith("rolled") else [identity])]
+                await asyncio.to_thread(self.materializer.prune, keep)
                 failure = VllmHotloadError(
                     f"hot-load of {identity!r} failed: {exc}; {outcome}", identity=identity
                 )
