@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_async.py              # scripted planes (seconds)
     .venv/bin/python benchmarks/bench_async.py --demo [--rounds 2] [--steps 20]   # the embedded demo
 
-Scripted planes: the fake trainer and deployment of tests/states/fakes.py with fixed sleeps, sampling
+Scripted planes: the fake trainer and deployment of tests/support/fakes.py with fixed sleeps, sampling
 time S per batch, training time T per step, hot-load time ``sync``, for S = T, S = 2T and S = T/2,
 with a deployment that keeps sampling through hot-loads and one that drains around them. Steps per
 second are steady-state (journal time from the exit of TRAINING at step 2 to the last one), and
@@ -27,7 +27,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests" / "states"))
+sys.path.insert(0, str(REPO / "tests"))  # tests/support
 
 from engine.config import dump_config, load_config  # noqa: E402
 from engine.journal import read_journal  # noqa: E402
@@ -57,7 +57,7 @@ async def scripted_run(
     mode: str, steps: int, s_s: float, t_s: float, sync_s: float, per_completion: bool
 ) -> float:
     """Steady-state steps per second of one run on scripted planes."""
-    from fakes import Timings, planes
+    from support.fakes import Timings, planes
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"

@@ -3,8 +3,8 @@ vs no sink, side by side.
 
     .venv/bin/python benchmarks/bench_sinks.py [--steps 40] [--rounds 5]
 
-Runs are whole orchestrator runs on the in-memory fake backends of tests/states, where a step costs
-only the engine's own work (state bookkeeping, fsync'd journal records, derived files, events), so any
+Runs are whole orchestrator runs on the in-memory fake backends of tests/support/fakes.py, where a step
+costs only the engine's own work (state bookkeeping, fsync'd journal records, derived files, events), so any
 cost of a sink on the loop would show at its largest. The hanging sink blocks in its first write for
 the whole run (its queue of 8 fills, later rows are dropped); the raising sink raises on every row.
 Step time = (journal ``done`` - first ``enter``) / steps: setup and the sinks' bounded close are
@@ -29,9 +29,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "states"))
+sys.path.insert(0, str(ROOT / "tests"))  # tests/support
 
-from fakes import planes  # noqa: E402
+from support.fakes import planes  # noqa: E402
 
 from engine.journal import read_journal  # noqa: E402
 from engine.run.orchestrator import run  # noqa: E402

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import tinker
-import torch
+from support.tinker_data import answer_batch, objective
+from support.tinker_data import trainer_logprobs as trainer_logprobs
 
 from engine.backends.fireworks import (
     DeploymentConfig,
@@ -83,40 +84,9 @@ async def close(b: Bootstrapped) -> None:
 
 
 def build_batch(tokenizer: Any, step: int) -> list[tinker.Datum]:
-    """Chat-rendered prompt + short answer per datum; loss weights on the answer tokens only."""
-    batch = []
-    for i, prompt in enumerate(PROMPTS[:2]):
-        msgs = [{"role": "user", "content": prompt}]
-        ids = tokenizer.apply_chat_template(
-            msgs, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        answer = [*tokenizer.encode(f" answer {step} {i}", add_special_tokens=False), tokenizer.eos_token_id]
-        tokens = list(ids) + answer
-        weights = [0.0] * (len(ids) - 1) + [1.0] * len(answer)
-        batch.append(
-            tinker.Datum(
-                model_input=tinker.ModelInput.from_ints(tokens[:-1]),
-                loss_fn_inputs={
-                    "target_tokens": tinker.TensorData(
-                        data=tokens[1:], dtype="int64", shape=[len(tokens) - 1]
-                    ),
-                    "weights": tinker.TensorData(data=weights, dtype="float32", shape=[len(weights)]),
-                },
-            )
-        )
-    return batch
-
-
-def objective(
-    data: list[tinker.Datum], logprobs_list: list[torch.Tensor]
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted NLL computed client-side (the seed's ``compute_objective``)."""
-    losses = [
-        -(lp * torch.tensor(d.loss_fn_inputs["weights"].data)).sum()
-        for d, lp in zip(data, logprobs_list, strict=True)
-    ]
-    loss = torch.stack(losses).sum()
-    return loss, {"loss": float(loss.item())}
+    """Chat-rendered prompt + short answer per datum (the first two prompts); loss weights on the
+    answer tokens only."""
+    return answer_batch(tokenizer, step, PROMPTS[:2])
 
 
 async def train_steps(session: TrainingSession, tokenizer: Any, steps: int, first: int = 0) -> list[float]:
@@ -129,27 +99,6 @@ async def train_steps(session: TrainingSession, tokenizer: Any, steps: int, firs
         await opt
         losses.append(out.metrics["loss"])
     return losses
-
-
-async def trainer_logprobs(session: TrainingSession, completions: Sequence[Any]) -> list[list[float]]:
-    """The trainer's logprob of each completion token given everything before it (one fp32 forward)."""
-    data = []
-    for c in completions:
-        tokens, n = list(c.full_tokens), len(c.full_tokens) - 1
-        data.append(
-            tinker.Datum(
-                model_input=tinker.ModelInput.from_ints(tokens[:-1]),
-                loss_fn_inputs={
-                    "target_tokens": tinker.TensorData(data=tokens[1:], dtype="int64", shape=[n]),
-                    "weights": tinker.TensorData(data=[1.0] * n, dtype="float32", shape=[n]),
-                },
-            )
-        )
-    out = await session.forward(data, "cross_entropy")
-    return [
-        [float(x) for x in list(o["logprobs"].data)[c.prompt_len - 1 :]]
-        for o, c in zip(out.loss_fn_outputs, completions, strict=True)
-    ]
 
 
 def served_identity(status: dict[str, Any]) -> str | None:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from support.run_checks import check_exactly_once as check_exactly_once  # re-exported for the tests
+
 from engine.run.planes import ControlPlaneConnection
 
 
@@ -67,11 +69,3 @@ async def restored_optimizer_steps(stack: Any, job_id: str, state_path: str) -> 
         return int(info["optimizer_steps"])
     finally:
         await session.close()
-
-
-def check_exactly_once(run_dir: Path, max_steps: int) -> list[dict[str, Any]]:
-    """Each step's row appears once, in order, and the trainer applied exactly one step per row."""
-    steps = [r for r in rows(run_dir) if r["kind"] == "step"]
-    assert [r["step"] for r in steps] == list(range(1, max_steps + 1))
-    assert [r["optimizer_steps"] for r in steps] == list(range(1, max_steps + 1))
-    return steps

@@ -23,6 +23,7 @@ from run_support import (
     tiny_config,
 )
 from support.launch import hotloop_cli
+from support.run_checks import check_staleness
 
 from engine.run.orchestrator import run
 
@@ -33,26 +34,6 @@ def async_config(run_dir: Path, run_id: str, k: int, **over: Any) -> dict[str, A
     cfg = tiny_config(run_dir, run_id, **over)
     cfg["rl"] = {**cfg["rl"], "async_rollouts": {"max_staleness": k}}
     return cfg
-
-
-def check_staleness(run_dir: Path, k: int) -> list[dict[str, Any]]:
-    """No trained batch staler than k: each identity a step's row trained on is a snapshot the
-    journal committed for a step at most k behind the learner (no identity: the base model)."""
-    steps: dict[str | None, int] = {None: 0}
-    for rec in journal(run_dir):
-        for fact in rec.get("records") or [] if rec["event"] == "exit" else []:
-            if fact["kind"] == "snapshot":
-                steps[fact["identity"]] = fact["step"]
-    trained = [r for r in rows(run_dir) if r["kind"] == "step"]
-    for row in trained:
-        ids = (
-            row["snapshot_identity"]
-            if isinstance(row["snapshot_identity"], list)
-            else [row["snapshot_identity"]]
-        )
-        assert all(row["step"] - 1 - steps[i] <= k for i in ids), row
-        assert row["staleness"] <= k and row["stale_dropped"] == 0
-    return trained
 
 
 async def async_run(run_stack: Any, run_dir: Path, k: int) -> None:

@@ -9,7 +9,8 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import torch
+from support.tinker_data import answer_batch
+from support.tinker_data import objective as objective
 
 MODEL = "accounts/fireworks/models/tiny"
 LR = 1e-2
@@ -19,35 +20,9 @@ PROMPTS = ["hello there", "count to three"]
 
 def batch(types: Any, tokenizer: Any, step: int) -> list[Any]:
     """Chat-rendered prompt + a short answer; loss weights on the answer tokens only. ``types`` is
-    ``fireworks.training.sdk`` or ``tinker`` (both have Datum, ModelInput)."""
-    out = []
-    for i, prompt in enumerate(PROMPTS):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}],
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
-        )
-        answer = [*tokenizer.encode(f" answer {step} {i}", add_special_tokens=False), tokenizer.eos_token_id]
-        tokens = list(ids) + answer
-        weights = [0.0] * (len(ids) - 1) + [1.0] * len(answer)
-        out.append(
-            types.Datum(
-                model_input=types.ModelInput.from_ints(tokens[:-1]),
-                loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights},
-            )
-        )
-    return out
-
-
-def objective(data: list[Any], logprobs_list: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted NLL computed client-side (the seed's ``compute_objective``)."""
-    losses = [
-        -(lp * torch.tensor(d.loss_fn_inputs["weights"].data)).sum()
-        for d, lp in zip(data, logprobs_list, strict=True)
-    ]
-    loss = torch.stack(losses).sum()
-    return loss, {"loss": float(loss.item())}
+    ``fireworks.training.sdk`` or ``tinker`` (both have Datum, ModelInput); the loss inputs are plain
+    lists, as an SDK user writes them."""
+    return answer_batch(tokenizer, step, PROMPTS, types, as_lists=True)
 
 
 def fireworks_flow(base_url: str, api_key: str, job_id: str, dep_id: str, tokenizer: Any) -> list[str]:

@@ -1,4 +1,4 @@
-"""Configs and readers shared by the tests of the run report, the sinks and the Prometheus metrics."""
+"""Readers shared by the tests of the run report, the sinks and the Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -11,16 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.report.html import value
-
-
-def run_config(tmp_path: Path, name: str = "run", **over: Any) -> dict[str, Any]:
-    """A 5-step RL run on the fake backends: syncs every step, evaluates every 2, a full state every 2."""
-    return {
-        "model": "tiny", "run_dir": str(tmp_path / name), "max_steps": 5,
-        "intervals": {"sync_every": 1, "eval_every": 2, "checkpoint_every": 2},
-        "rl": {"prompts_per_step": 2, "group_size": 2}, "eval": {"prompts": 2, "samples_per_prompt": 1},
-        **over,
-    }  # fmt: skip
 
 
 def rows(run_dir: Path, name: str = "metrics.jsonl") -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """The run report (engine.report): written when a run ends, refreshable on a live run, rendered by
 headless Chromium with its plots, its numbers those of metrics.jsonl; failed, resumed and overlaid runs.
 
-Runs are real orchestrator runs on the fake backends of tests/states (real states, real journal)."""
+Runs are real orchestrator runs on the fake backends of tests/support/fakes.py (real states, real journal)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import planes
 from headless import CHROMIUM, chromium, png_pixels_vary
-from observe_support import check_numbers, plot, rows, run_config, table_rows
+from observe_support import check_numbers, plot, rows, table_rows
+from support.fakes import planes, run_config
 
 from engine.cli import main as hotloop
 from engine.lifecycle.runner import RunFailed

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import planes
-from observe_support import rows, run_config
+from observe_support import rows
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
+from support.fakes import planes, run_config
 
 from engine.lifecycle import State
 from engine.lifecycle.events import LifecycleEvent

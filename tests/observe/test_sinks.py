@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import planes
-from observe_support import rows, run_config, wandb_records
+from observe_support import rows, wandb_records
+from support.fakes import planes, run_config
 
 from engine.errors import ConfigError
 from engine.run.orchestrator import RunSummary, run

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import planes
+from support.fakes import planes
+from support.run_checks import check_exactly_once
 
 from engine.journal import read_journal
 from engine.lifecycle import LifecycleEvent, RunFailed
@@ -33,12 +34,6 @@ def config(tmp_path: Path, **over: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def exactly_once(run_dir: Path, steps: int = STEPS) -> None:
-    rows = [r for r in RunDir(run_dir).read_rows() if r["kind"] == "step"]
-    assert [r["step"] for r in rows] == list(range(1, steps + 1))
-    assert [r["optimizer_steps"] for r in rows] == list(range(1, steps + 1))
-
-
 def recoveries(run_dir: Path) -> list[dict[str, Any]]:
     return [r for r in read_journal(run_dir / "journal.jsonl") if r["event"] == "recovery"]
 
@@ -54,7 +49,7 @@ async def test_a_lost_trainer_is_reconnected_and_nothing_is_lost_or_repeated(tmp
     seen: list[LifecycleEvent] = []
     summary = await run(config(tmp_path), planes=p, on_event=seen.append)
     assert summary.status == "done" and summary.steps == STEPS and summary.generation == 2
-    exactly_once(tmp_path / "run")
+    check_exactly_once(tmp_path / "run", STEPS)
     assert p.trainer.trainer.deaths == 1 and p.trainer.recovered == 1  # type: ignore[attr-defined]
     # The failure names its cause, as the backend said it, not a stall.
     (error,) = failures(tmp_path / "run")
@@ -77,7 +72,7 @@ async def test_a_lost_deployment_is_recreated_and_owed_a_full_snapshot(tmp_path:
     dep.die_at_load = {3}  # dies when asked for its third hot-load (step 3's delta)
     summary = await run(config(tmp_path), planes=p)
     assert summary.status == "done" and summary.steps == STEPS
-    exactly_once(tmp_path / "run")
+    check_exactly_once(tmp_path / "run", STEPS)
     assert dep.deaths == 1 and p.deployment.recovered == 1  # type: ignore[attr-defined]
     (rec,) = recoveries(tmp_path / "run")
     assert rec["failure"] == "deployment_failed" and rec["action"] == "recover_deployment"
@@ -98,7 +93,7 @@ async def test_the_demo_shape_with_both_parts_lost_once(tmp_path: Path) -> None:
     table = LiveRunTable(str(tmp_path / "run"))
     summary = await run(config(tmp_path), planes=p, on_event=table)
     assert summary.status == "done" and summary.generation == 3
-    exactly_once(tmp_path / "run")
+    check_exactly_once(tmp_path / "run", STEPS)
     assert [r["failure"] for r in recoveries(tmp_path / "run")] == ["trainer_failed", "deployment_failed"]
     assert table.values["recoveries"] == "2 (last: deployment_failed -> recover_deployment)"
     html = (tmp_path / "run" / "report.html").read_text()  # the report marks both on its timeline
@@ -122,7 +117,7 @@ async def test_an_exhausted_budget_fails_naming_the_cause_and_resume_finishes(tm
     p.trainer.trainer.die_after_step.clear()  # type: ignore[attr-defined]
     summary = await resume(tmp_path / "run", planes=p)
     assert summary.status == "done" and summary.steps == STEPS
-    exactly_once(tmp_path / "run")
+    check_exactly_once(tmp_path / "run", STEPS)
 
 
 async def test_async_rollouts_recover_a_lost_trainer_exactly(tmp_path: Path) -> None:
@@ -133,7 +128,7 @@ async def test_async_rollouts_recover_a_lost_trainer_exactly(tmp_path: Path) -> 
     )
     summary = await run(cfg, planes=p)
     assert summary.status == "done"
-    exactly_once(tmp_path / "run")
+    check_exactly_once(tmp_path / "run", STEPS)
     assert [r["failure"] for r in recoveries(tmp_path / "run")] == ["trainer_failed"]
 
 

@@ -1,4 +1,4 @@
-"""Each state's coroutine against fake backends (tests/states/fakes.py), and whole runs of the real
+"""Each state's coroutine against fake backends (tests/support/fakes.py), and whole runs of the real
 states on the real Runner, orchestrator and journal without any process or network."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import make_context, planes
+from support.fakes import make_context, planes, run_config
 
 from engine.errors import FatalError
 from engine.lifecycle.schedule import Counters
@@ -175,15 +175,6 @@ async def test_evaluating_scores_the_stored_set_on_the_verified_snapshot(tmp_pat
 
 
 # ---- whole runs: the real orchestrator, Runner, states and journal on fake planes ---------------
-
-
-def run_config(tmp_path: Path, **over: Any) -> dict[str, Any]:
-    return {
-        "model": "tiny", "run_dir": str(tmp_path / "run"), "max_steps": 5,
-        "intervals": {"sync_every": 1, "eval_every": 2, "checkpoint_every": 2},
-        "rl": {"prompts_per_step": 2, "group_size": 2}, "eval": {"prompts": 2, "samples_per_prompt": 1},
-        **over,
-    }  # fmt: skip
 
 
 @pytest.mark.parametrize("per_completion", [True, False])

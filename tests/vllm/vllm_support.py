@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import tinker
+from support.tinker_data import datum
+from support.tinker_data import prompt_ids as chat_prompt_ids
+from support.tinker_data import trainer_logprobs as trainer_logprobs
 
 from engine.backends.tinker import TrainingSession
 from engine.sampling import DeploymentSampler
@@ -16,21 +19,7 @@ PROMPT_TEXT = "name a colour"
 
 
 def prompt_ids(tokenizer: Any, text: str = PROMPT_TEXT) -> list[int]:
-    msgs = [{"role": "user", "content": text}]
-    return list(
-        tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
-    )
-
-
-def _datum(tokens: list[int], weights: list[float]) -> tinker.Datum:
-    n = len(tokens) - 1
-    return tinker.Datum(
-        model_input=tinker.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={
-            "target_tokens": tinker.TensorData(data=tokens[1:], dtype="int64", shape=[n]),
-            "weights": tinker.TensorData(data=weights, dtype="float32", shape=[n]),
-        },
-    )
+    return chat_prompt_ids(tokenizer, text)
 
 
 async def train_steps(session: TrainingSession, tokenizer: Any, steps: int) -> None:
@@ -40,7 +29,7 @@ async def train_steps(session: TrainingSession, tokenizer: Any, steps: int) -> N
     tokens = prompt + answer
     weights = [0.0] * (len(prompt) - 1) + [1.0] * len(answer)
     for _ in range(steps):
-        fb = session.forward_backward([_datum(tokens, weights)], "cross_entropy")
+        fb = session.forward_backward([datum(tokens, weights)], "cross_entropy")
         opt = session.optim_step(ADAM)
         await fb
         await opt
@@ -51,16 +40,4 @@ async def greedy(sampler: DeploymentSampler, prompt: Sequence[int], max_tokens: 
     return c.completion_tokens
 
 
-async def trainer_logprobs(session: TrainingSession, completions: Sequence[Any]) -> list[list[float]]:
-    """The trainer's logprob of each completion token given everything before it (one fp32 forward)."""
-    data = [_datum(list(c.full_tokens), [1.0] * (len(c.full_tokens) - 1)) for c in completions]
-    out = await session.forward(data, "cross_entropy")
-    return [
-        [float(x) for x in list(o["logprobs"].data)[c.prompt_len - 1 :]]
-        for o, c in zip(out.loss_fn_outputs, completions, strict=True)
-    ]
-
-
 ROOT = Path(__file__).resolve().parents[2]
-
-

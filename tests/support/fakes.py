@@ -454,3 +454,13 @@ def make_context(tmp: Path, planes_: Any, **config: Any) -> Any:
         eval_rows=rows,
         eval_sha256=sha,
     )
+
+
+def run_config(tmp_path: Path, name: str = "run", **over: Any) -> dict[str, Any]:
+    """A 5-step RL run on the fake backends: syncs every step, evaluates every 2, a full state every 2."""
+    return {
+        "model": "tiny", "run_dir": str(tmp_path / name), "max_steps": 5,
+        "intervals": {"sync_every": 1, "eval_every": 2, "checkpoint_every": 2},
+        "rl": {"prompts_per_step": 2, "group_size": 2}, "eval": {"prompts": 2, "samples_per_prompt": 1},
+        **over,
+    }  # fmt: skip
