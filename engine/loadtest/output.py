@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import IO, Any
 
+from engine.files import write_atomic
 from engine.loadtest.metrics import GoodputTargets, RequestRecord, row, summarize_cell
 from engine.loadtest.report import build_html
 from engine.loadtest.runner import CellResult
@@ -125,12 +125,6 @@ class RunOutput:
                 "files": {"requests": "requests.jsonl", "report": "report.html"},
             }
         )
-        _atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2))
-        _atomic_write(self.dir / "report.html", build_html(summary, self._rows))
+        write_atomic(self.dir / "summary.json", json.dumps(summary, indent=2).encode())
+        write_atomic(self.dir / "report.html", build_html(summary, self._rows).encode())
         return summary
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -25,7 +25,8 @@ import yaml
 
 from engine.config import RunConfig, dump_config, validate_config
 from engine.errors import ConfigError
-from engine.journal import fsync_dir, read_journal
+from engine.files import write_atomic
+from engine.journal import read_journal
 from engine.run.replay import Replay, replay
 
 CONFIG = "config.yaml"
@@ -38,16 +39,6 @@ SUMMARY = "summary.json"
 
 def _line(obj: dict[str, Any]) -> bytes:
     return (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class RunDir:
@@ -73,14 +64,16 @@ class RunDir:
 
     def write_config(self, config: RunConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.file(CONFIG), yaml.safe_dump(dump_config(config), sort_keys=False).encode())
+        write_atomic(
+            self.file(CONFIG), yaml.safe_dump(dump_config(config), sort_keys=False).encode(), durable=True
+        )
 
     def replay(self) -> Replay:
         return replay(read_journal(self.journal_path))
 
     def rebuild_derived(self, state: Replay) -> None:
         """Rewrite metrics.jsonl and the ledger to exactly what the journal committed."""
-        write_atomic(self.file(METRICS), b"".join(_line(r) for r in state.rows))
+        write_atomic(self.file(METRICS), b"".join(_line(r) for r in state.rows))  # rebuilt from the journal
         write_atomic(self.file(LEDGER), b"".join(_line(r) for r in state.ledger))
 
     def append(self, name: str, rows: list[dict[str, Any]]) -> None:
@@ -103,7 +96,7 @@ class RunDir:
                     f"eval: stored prompt set {path} has sha256 {found}, the task now gives {sha256}"
                 )
             return
-        write_atomic(path, data)
+        write_atomic(path, data, durable=True)
 
     def read_rows(self, name: str = METRICS) -> list[dict[str, Any]]:
         path = self.file(name)
@@ -112,7 +105,9 @@ class RunDir:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_atomic(self.file(SUMMARY), (json.dumps(summary, indent=2, default=str) + "\n").encode())
+        write_atomic(
+            self.file(SUMMARY), (json.dumps(summary, indent=2, default=str) + "\n").encode(), durable=True
+        )
 
 
 def default_run_dir(config: RunConfig) -> Path:

@@ -144,3 +144,53 @@ async def test_promotion_of_base_checkpoints_only(cp: Plane, tmp_path: Path) -> 
     from engine.local.controlplane.catalog import Catalog
 
     assert "my-model" in Catalog(cp.plane.root).models
+
+
+async def test_promotion_of_per_run_snapshots_by_name_or_identity(cp: Plane) -> None:
+    async with cp.trainers() as mgr:
+        await mgr.resolve_account_id()
+        created = await mgr.create(
+            TrainerJobConfig(base_model="accounts/fireworks/models/tiny", requested_job_id="run-job")
+        )
+    job = cp.plane.job(created.job_id)
+    # The trainer keeps sampler snapshots per training run: BUCKET/<run>/<name>.
+    _snapshot(job.bucket, "s1:train:0/only-here", "base")
+    _snapshot(job.bucket, "s1:train:0/shared", "base")
+    _snapshot(job.bucket, "s2:train:0/shared", "base")
+    body = {
+        "trainer_job_id": created.job_name,
+        "base_model": "accounts/fireworks/models/tiny",
+    }
+    promote = "/v1/accounts/local/checkpoints/{}:promote"
+    status, answer = await _call(
+        cp, "POST", promote.format("only-here"), {**body, "output_model": "accounts/local/models/m1"}
+    )
+    assert status == 200, answer
+    hot = answer["model"]["hotloop"]
+    assert hot["snapshot"] == str(job.bucket / "s1:train:0" / "only-here")
+    assert hot["snapshotIdentity"] == "s1:train:0/only-here"
+    assert await asyncio.to_thread(Path(hot["snapshot"], "manifest.json").is_file)  # a real snapshot
+    # Two runs with one name: a 409 naming both identities, nothing promoted.
+    status, err = await _call(
+        cp, "POST", promote.format("shared"), {**body, "output_model": "accounts/local/models/m2"}
+    )
+    assert status == 409, err
+    assert "s1:train:0/shared" in err["error"]["message"] and "s2:train:0/shared" in err["error"]["message"]
+    status, _ = await _call(cp, "GET", "/v1/accounts/local/models/m2")
+    assert status == 404
+    # The identity itself (its '/' URL-encoded) picks one.
+    status, answer = await _call(
+        cp,
+        "POST",
+        promote.format("s2:train:0%2Fshared"),
+        {**body, "output_model": "accounts/local/models/m2"},
+    )
+    assert status == 200, answer
+    assert answer["model"]["hotloop"]["snapshot"] == str(job.bucket / "s2:train:0" / "shared")
+    status, err = await _call(
+        cp,
+        "POST",
+        promote.format("s3:train:0%2Fshared"),
+        {**body, "output_model": "accounts/local/models/m3"},
+    )
+    assert status == 404 and "not found" in err["error"]["message"]

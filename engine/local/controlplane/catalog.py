@@ -17,15 +17,14 @@ promotion (what ``fireworks-ai``'s ``resolve_training_profile``, ``model_is_moe`
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from engine.files import write_json
 from engine.local.controlplane.plane import PLANE
 from engine.local.controlplane.resources import (
     ACCOUNT,
@@ -177,11 +176,7 @@ class Catalog:
                 log.warning("skipping unreadable model record", path=str(path), error=str(exc))
 
     def save(self, model_id: str, record: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record, fh, indent=1)
-        os.replace(tmp, self.dir / f"{model_id}.json")
+        write_json(self.dir / f"{model_id}.json", record)
         self.models[model_id] = record
 
     def get(self, account: str, model_id: str) -> dict[str, Any]:
@@ -212,15 +207,39 @@ def _base_matches(job: JobRecord, base_model: Any) -> None:
         )
 
 
+def _checkpoint_row(job: JobRecord, checkpoint_id: str) -> dict[str, Any]:
+    """The checkpoint ``checkpoint_id`` names: a snapshot identity (``<run>/<name>`` or a bare name),
+    or a bare name that one sampler snapshot (else one training state) of the job has."""
+    rows = list_checkpoints(job)
+    missing = ApiError(404, f"checkpoint {clip(f'{job.name}/checkpoints/{checkpoint_id}', 300)} not found")
+    exact = [r for r in rows if r.get("snapshotIdentity") == checkpoint_id]
+    if exact:
+        return exact[0]
+    if "/" in checkpoint_id:
+        raise missing
+    named = [r for r in rows if r["name"] == f"{job.name}/checkpoints/{checkpoint_id}"]
+    # A sampler snapshot is what promotion takes; a training state of the same name is not asked for.
+    snapshots = [r for r in named if "snapshotIdentity" in r]
+    if len(snapshots) > 1:
+        identities = sorted(r["snapshotIdentity"] for r in snapshots)
+        raise ApiError(
+            409,
+            f"checkpoint id {clip(checkpoint_id, 200)} is ambiguous: snapshots {identities} of trainer job "
+            f"{job.job_id!r} all have that name; promote one by its identity "
+            "(URL-encode the '/' as %2F)",
+        )
+    if not named:
+        raise missing
+    return (snapshots or named)[-1]
+
+
 def promote(catalog: Catalog, job: JobRecord, checkpoint_id: str, body: dict[str, Any]) -> dict[str, Any]:
     model_id = _output_model(body.get("output_model"))
     _base_matches(job, body.get("base_model"))
     if model_id in catalog.models or model_id in SPECS:
         raise ApiError(409, f"model 'accounts/{ACCOUNT}/models/{model_id}' already exists")
-    name = f"{job.name}/checkpoints/{checkpoint_id}"
-    row = next((r for r in list_checkpoints(job) if r["name"] == name), None)
-    if row is None:
-        raise ApiError(404, f"checkpoint {name!r} not found")
+    row = _checkpoint_row(job, checkpoint_id)
+    name = row["name"]
     if not row["promotable"]:
         why = (
             "a delta is not promotable; save a base checkpoint and promote that"
@@ -238,7 +257,9 @@ def promote(catalog: Catalog, job: JobRecord, checkpoint_id: str, body: dict[str
         "updateTime": now_rfc3339(),
         "hotloop": {
             "checkpoint": name,
-            "snapshot": str(job.bucket / checkpoint_id),
+            # The snapshot's own directory: per-run snapshots live at BUCKET/<run>/<name>.
+            "snapshot": str(job.bucket / row["snapshotIdentity"]),
+            "snapshotIdentity": row["snapshotIdentity"],
             "loraRank": job.lora_rank,
             "promotedAt": time.time(),
         },
@@ -297,7 +318,8 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def checkpoint_action(request: web.Request) -> web.Response:
     account = request.match_info["account"]
-    checkpoint_id, _, verb = request.match_info["checkpoint"].partition(":")
+    # The verb follows the last ':' (a run id in ``<run>/<name>`` may hold ':' itself).
+    checkpoint_id, _, verb = request.match_info["checkpoint"].rpartition(":")
     if account != ACCOUNT:
         raise ApiError(404, f"account {account!r} not found (this control plane serves account {ACCOUNT!r})")
     if verb != "promote":

@@ -6,12 +6,10 @@ One small JSON file per resource, written atomically (temp file + rename) on eve
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from engine.files import write_json
 from engine.local.controlplane.resources import ApiError, DeploymentRecord, JobRecord, check_id
 from engine.local.controlplane.schema import clean_deployment, clean_job
 from engine.local.inputs import BadInput, parse_json
@@ -23,17 +21,9 @@ DEPLOYMENT_FILE = "deployment.json"
 MAX_RECORD_BYTES = 1024 * 1024  # records hold known, bounded fields only (``schema``)
 
 
-def _write(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1)
-    os.replace(tmp, path)
-
-
 def save_job(job: JobRecord) -> None:
     deleted = job.state in ("JOB_STATE_DELETING", "JOB_STATE_DELETED")
-    _write(
+    write_json(
         job.job_dir / JOB_FILE,
         {
             "job_id": job.job_id,
@@ -48,7 +38,7 @@ def save_job(job: JobRecord) -> None:
 
 
 def save_deployment(dep: DeploymentRecord) -> None:
-    _write(
+    write_json(
         dep.dep_dir / DEPLOYMENT_FILE,
         {
             "deployment_id": dep.deployment_id,

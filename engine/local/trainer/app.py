@@ -126,6 +126,15 @@ def build_app(service: TrainerService) -> web.Application:
 
     json_forward_backward = fireworks_routes.add_routes(app, svc, idem)
 
+    async def load_weights(request: web.Request) -> web.Response:
+        if (seen := idem.get(request)) is not None:
+            return web.json_response(seen)
+        body = await _json(request)
+        # Finding the checkpoint reads the disk (a bare name globs the state dir): off the loop.
+        answer = svc.load_weights(body, await asyncio.to_thread(svc.resolve_load, body))
+        idem.put(request, answer)
+        return web.json_response(answer)
+
     async def forward_backward(request: web.Request) -> web.StreamResponse:
         if fireworks_routes.is_json(request):  # Fireworks' client: the same call in JSON
             return await json_forward_backward(request)
@@ -256,7 +265,7 @@ def build_app(service: TrainerService) -> web.Application:
     r.add_post("/api/v1/forward_backward", forward_backward)
     r.add_post("/api/v1/optim_step", work(svc.optim_step))
     r.add_post("/api/v1/save_weights", work(svc.save_weights))
-    r.add_post("/api/v1/load_weights", work(svc.load_weights))
+    r.add_post("/api/v1/load_weights", load_weights)
     r.add_post("/api/v1/save_weights_for_sampler", work(svc.save_weights_for_sampler))
     r.add_post("/api/v1/save_weights_external", work(svc.save_weights_external))
     r.add_post("/api/v1/create_sampling_session", create_sampling_session)

@@ -57,7 +57,8 @@ def sample_many(
         ids[r, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
         mask[r, width - len(prompt) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = module(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    # Only the last position's logits are sampled from: the LM head runs on that one alone.
+    out = module(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     past, logits = out.cache, out.logits[:, -1]
     rows_of = [[r for r, o in enumerate(owner) if o == j] for j in range(len(jobs))]
     gens = [_generator(job.params.seed) for job in jobs]
@@ -106,6 +107,7 @@ def sample_many(
             position_ids=last[:, None],
             cache=past,
             use_cache=True,
+            logits_to_keep=1,
         )
         past, logits = out.cache, out.logits[:, -1]
     answers = []

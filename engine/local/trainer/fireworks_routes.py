@@ -72,10 +72,10 @@ def state_names(state_dir: Path) -> list[tuple[str, Path]]:
     return [(name, target) for _, name, target in found]
 
 
-def resolve_state(state_dir: Path, ref: Any, field: str = "path") -> tuple[str, Path]:
+def resolve_state(state_dir: Path, ref: Any, field: str = "path") -> tuple[checkpoints.TinkerPath, Path]:
     """A ``tinker://<run>/weights/<name>`` path or a bare checkpoint name (the latest saved under
-    it) as (printable reference, directory). Fireworks' cross-job references need its control
-    plane's buckets."""
+    it) as (its tinker path, directory). Fireworks' cross-job references need its control plane's
+    buckets. Blocking (a bare name globs the state dir): call it off the event loop."""
     if isinstance(ref, str) and ref.startswith("cross_job://"):
         raise NotImplementedHere(
             f"{field} {ref!r}: cross-job checkpoint references are resolved by Fireworks' control "
@@ -87,13 +87,13 @@ def resolve_state(state_dir: Path, ref: Any, field: str = "path") -> tuple[str, 
         if not matches:
             raise NotFound(f"{field}: no checkpoint named {name!r} on this trainer")
         target = matches[-1]
-        return f"tinker://{target.parent.parent.name}/weights/{name}", target
+        return checkpoints.TinkerPath(target.parent.parent.name, "weights", name), target
     tp = checkpoints.parse_tinker_path(ref, field)
     if tp.kind != "weights":
         raise TrainerBadRequest(
             f"{field} {ref!r}: only weights/ (save_state) paths can seed a training client"
         )
-    return str(tp), checkpoints.state_path(state_dir, tp.run_id, tp.name)
+    return tp, checkpoints.state_path(state_dir, tp.run_id, tp.name)
 
 
 # ---- handlers ------------------------------------------------------------------------------------
@@ -143,27 +143,29 @@ def add_routes(app: web.Application, svc: TrainerService, idem: Idempotency) -> 
         idem.put(request, answer)
         return web.json_response(answer)
 
+    # Both read the state dir (a glob and a stat per checkpoint): off the loop.
     async def list_checkpoints(request: web.Request) -> web.Response:
-        names = [name for name, _ in state_names(svc.state_dir)]
+        names = [name for name, _ in await asyncio.to_thread(state_names, svc.state_dir)]
         return web.json_response({"checkpoints": list(dict.fromkeys(names))})
 
-    async def weights_info(request: web.Request) -> web.Response:
-        body = await _json(request)
-        _, target = resolve_state(svc.state_dir, body.get("tinker_path"), "tinker_path")
+    def read_weights_info(ref: Any) -> dict[str, Any]:
+        _, target = resolve_state(svc.state_dir, ref, "tinker_path")
         meta = checkpoints.read_meta(target)
         raw_lora = meta.get("lora")
         lora: dict[str, Any] = raw_lora if isinstance(raw_lora, dict) else {}
         rank = int(lora.get("rank", 0) or 0)
-        return web.json_response(
-            {
-                "base_model": svc.config.model,
-                "is_lora": rank > 0,
-                "lora_rank": rank or None,
-                "train_unembed": lora.get("train_unembed") if rank else None,
-                "train_mlp": lora.get("train_mlp") if rank else None,
-                "train_attn": lora.get("train_attn") if rank else None,
-            }
-        )
+        return {
+            "base_model": svc.config.model,
+            "is_lora": rank > 0,
+            "lora_rank": rank or None,
+            "train_unembed": lora.get("train_unembed") if rank else None,
+            "train_mlp": lora.get("train_mlp") if rank else None,
+            "train_attn": lora.get("train_attn") if rank else None,
+        }
+
+    async def weights_info(request: web.Request) -> web.Response:
+        body = await _json(request)
+        return web.json_response(await asyncio.to_thread(read_weights_info, body.get("tinker_path")))
 
     def unavailable(why: str) -> Handler:
         async def handler(request: web.Request) -> web.Response:

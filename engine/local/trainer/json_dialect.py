@@ -66,7 +66,19 @@ def _values(value: Any, dtype: np.dtype[Any], where: str) -> np.ndarray:
     if not all(type(v) in (int, float) for v in value):
         bad = next(v for v in value if type(v) not in (int, float))
         raise TrainerBadRequest(f"{where} must hold numbers only, got {clip(bad, 40)}")
-    return np.asarray(value, dtype=dtype)
+    try:
+        # A finite JSON number can still overflow the narrower dtype (1e39 -> inf in float32).
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = np.asarray(value, dtype=dtype)
+    except OverflowError as exc:  # an integer too large for any float
+        raise TrainerBadRequest(f"{where} holds a value outside the range of {dtype.name}") from exc
+    if not np.isfinite(arr).all():
+        bad = value[int(np.flatnonzero(~np.isfinite(arr))[0])]
+        raise TrainerBadRequest(
+            f"{where} holds {clip(bad, 40)}, which is not a finite {dtype.name} "
+            f"(|value| must be below {float(np.finfo(dtype).max):.4g})"
+        )
+    return arr
 
 
 def _shape(value: Any, where: str) -> list[int] | None:

@@ -11,15 +11,13 @@ threads, never on the event loop.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.files import write_json
 from engine.local.trainer.config import TrainerBadRequest
 
 MAX_KEYS = 64
@@ -49,20 +47,6 @@ def parse_user_metadata(body: Mapping[str, Any], field: str = "user_metadata") -
     return dict(value)
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Atomic replace: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
@@ -72,7 +56,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_user_metadata(directory: Path, metadata: Mapping[str, str]) -> None:
-    _write_json(directory / USER_METADATA_FILE, metadata)
+    write_json(directory / USER_METADATA_FILE, metadata)
 
 
 def read_user_metadata(directory: Path) -> dict[str, str] | None:
@@ -83,7 +67,7 @@ def read_user_metadata(directory: Path) -> dict[str, str] | None:
 def write_run_record(
     run_dir: Path, run_id: str, base_model: str, lora_rank: int, user_metadata: Mapping[str, str] | None
 ) -> None:
-    _write_json(
+    write_json(
         run_dir / RUN_RECORD,
         {
             "training_run_id": run_id,

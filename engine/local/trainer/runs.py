@@ -4,8 +4,9 @@ and weights-download paths call): get a run, list its checkpoints, delete one, s
 A run's checkpoints: ``weights/<name>`` (save_state, under the state dir), ``sampler_weights/<name>``
 (the run's folder of the bucket) and ``external_weights/<name>`` (exports). Sampler snapshots are
 listed but never deleted here: the bucket is hotloop's weight-sync channel and a delta chain must
-not lose a parent behind the deployment's back. A TTL is recorded and answered, not enforced: the
-embedded trainer keeps what it wrote until it is deleted.
+not lose a parent behind the deployment's back. A TTL is recorded (``.<name>.ttl.json`` beside the
+checkpoint) and answered as the checkpoint's ``expires_at``, not enforced: the embedded trainer keeps
+what it wrote until it is deleted.
 
 Every function here touches the filesystem: the app runs them off the event loop.
 """
@@ -14,13 +15,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.files import write_json
 from engine.local.trainer import checkpoints, external
 from engine.local.trainer.config import NotFound, TrainerBadRequest
 from engine.local.trainer.metadata import read_run_record, read_user_metadata
+from engine.log import clip
 from engine.weights.names import SnapshotError, check_name, contained
 from engine.weights.snapshot import MANIFEST
 
@@ -28,6 +32,8 @@ if TYPE_CHECKING:
     from engine.local.trainer.service import TrainerService
 
 _TYPES = {"weights": "training", "sampler_weights": "sampler", external.KIND: "external"}
+TTL_SUFFIX = ".ttl.json"
+MAX_TTL_S = 10 * 365 * 86400  # Tinker's upper bound; also keeps expires_at a representable date
 
 
 def _iso(ts: float) -> str:
@@ -36,6 +42,26 @@ def _iso(ts: float) -> str:
 
 def _size(target: Path) -> int:
     return sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+
+
+def _ttl_path(target: Path) -> Path:
+    # Hidden and beside the checkpoint, not in it: no listing takes it for a checkpoint, and an
+    # export's signed URLs (every file inside it) do not offer it for download.
+    return target.parent / f".{target.name}{TTL_SUFFIX}"
+
+
+def _expires_at(target: Path, marker: str) -> str | None:
+    path = _ttl_path(target)
+    if path.is_symlink():
+        return None  # never read a file outside the state dir or bucket
+    try:
+        record = json.loads(path.read_text())
+        set_at, ttl = float(record["set_at"]), int(record["ttl_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no TTL set (or not a record this trainer wrote)
+    if set_at < (target / marker).stat().st_mtime:
+        return None  # set on an earlier checkpoint of this name, since overwritten
+    return _iso(set_at + ttl)
 
 
 def _checkpoint(run_id: str, kind: str, name: str, target: Path, marker: str) -> dict[str, Any]:
@@ -54,6 +80,7 @@ def _checkpoint(run_id: str, kind: str, name: str, target: Path, marker: str) ->
         "size_bytes": _size(target),
         "public": False,
         "user_metadata": user_metadata,
+        "expires_at": _expires_at(target, marker),
     }
 
 
@@ -162,17 +189,24 @@ def delete_checkpoint(svc: TrainerService, run_id: str, kind: str, name: str) ->
     if not target.is_dir():
         raise NotFound(f"checkpoint tinker://{run_id}/{kind}/{name} not found")
     shutil.rmtree(target)  # rmtree itself never follows symlinks found inside
+    _ttl_path(target).unlink(missing_ok=True)
     return {}
 
 
 def set_ttl(svc: TrainerService, run_id: str, kind: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
     ttl = body.get("ttl_seconds")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1):
-        raise TrainerBadRequest(f"ttl_seconds must be a positive integer or null, got {ttl!r}")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TTL_S):
+        raise TrainerBadRequest(
+            f"ttl_seconds must be an integer in [1, {MAX_TTL_S}] (10 years) or null, got {clip(ttl, 40)}"
+        )
     if kind == "sampler_weights":
         target = _bucket_run(svc, run_id) / checkpoints.safe_name(name)
     else:
         target = _target(svc, run_id, kind, name)
     if not target.is_dir():
         raise NotFound(f"checkpoint tinker://{run_id}/{kind}/{name} not found")
+    if ttl is None:
+        _ttl_path(target).unlink(missing_ok=True)  # null removes the expiry
+    else:
+        write_json(_ttl_path(target), {"ttl_seconds": ttl, "set_at": time.time()})
     return {}

@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.local.trainer import checkpoints, external, limits, params, provenance
 from engine.local.trainer.config import Gone, NotFound, TrainerBadRequest, TrainerConfig
@@ -59,6 +59,14 @@ class ModelEntry:
         if self.state is None:
             raise TrainerBadRequest(f"model {self.model_id} failed to initialize")
         return self.state
+
+
+class LoadSource(NamedTuple):
+    """The checkpoint a ``load_weights`` names, looked up off the event loop."""
+
+    path: checkpoints.TinkerPath
+    target: Path
+    meta: dict[str, Any] | None  # a create-via-load's meta.json; None when absent or not read
 
 
 class TrainerService:
@@ -316,20 +324,18 @@ class TrainerService:
 
         return self._ordered(body, "save_weights", run)
 
-    def _state_dir_for(self, path: Any) -> tuple[checkpoints.TinkerPath, Path]:
-        if isinstance(path, str) and not path.startswith("tinker://"):
-            # Fireworks' client names checkpoints (it refuses URIs): the latest one of that name here.
-            printable, target = resolve_state(self.state_dir, path)
-            return checkpoints.parse_tinker_path(printable), target
-        tp = checkpoints.parse_tinker_path(path)
-        if tp.kind != "weights":
-            raise TrainerBadRequest(
-                f"path {path!r}: only weights/ (save_state) paths can seed a training client"
-            )
-        return tp, checkpoints.state_path(self.state_dir, tp.run_id, tp.name)
+    def resolve_load(self, body: dict[str, Any]) -> LoadSource:
+        """Blocking (a bare name globs the state dir; a create-via-load reads meta.json): the app
+        calls it on a worker thread, then ``load_weights`` with its answer."""
+        # Fireworks' client names checkpoints (it refuses URIs): the latest one of that name here.
+        tp, target = resolve_state(self.state_dir, body.get("path"))
+        meta = None
+        if body.get("model_id") is None and (target / "meta.json").exists():
+            meta = checkpoints.read_meta(target)
+        return LoadSource(tp, target, meta)
 
-    def load_weights(self, body: dict[str, Any]) -> dict[str, Any]:
-        tp, target = self._state_dir_for(body.get("path"))
+    def load_weights(self, body: dict[str, Any], source: LoadSource | None = None) -> dict[str, Any]:
+        tp, target, meta = source if source is not None else self.resolve_load(body)
         with_opt = bool(body.get("optimizer", False))
         if body.get("model_id") is not None:  # legacy form: an ordered op on an existing model
             # Existence is checked when it runs: a save queued just before it may write it.
@@ -345,9 +351,8 @@ class TrainerService:
         if not with_opt:
             params.optimizer_config(body)
         user_metadata = parse_user_metadata(body)
-        if not (target / "meta.json").exists():
+        if meta is None:
             raise NotFound(f"checkpoint {tp} not found under {self.state_dir}")
-        meta = checkpoints.read_meta(target)
         try:
             lora = LoraSpec(**meta.get("lora", {"rank": 0}))
         except TypeError as exc:
